@@ -1,0 +1,624 @@
+# Copyright 2026 The rrg authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+"""rrg: a pretrained vision encoder, a projector and a causal LLM that writes chest X-ray reports.
+
+The projector maps the encoder's patch features into the LLM's token-embedding space, where they are placed at the
+image-token positions of the prompt as soft visual prompts (Lu et al., 2023, "Effectively Fine-tune to Improve Large
+Multimodal Models for Radiology Report Generation"). The layout follows transformers' LLaVA: a headless `RRGModel`
+returning `last_hidden_state` and an `RRGForConditionalGeneration` adding the LM head, which is what trl's
+`SFTTrainer` expects of a vision-language model.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging
+
+from .configuration_rrg import RRGConfig
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "RRGPreTrainedModel",
+    "RRGModel",
+    "RRGForConditionalGeneration",
+    "RRGMultiModalProjector",
+    "RRGModelOutputWithPast",
+    "RRGCausalLMOutputWithPast",
+]
+
+
+@dataclass
+class RRGModelOutputWithPast(ModelOutput):
+    """
+    Output of [`RRGModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Hidden states of the language model's last layer.
+        past_key_values (`Cache`, *optional*): The key/value cache, when `use_cache=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): Per-layer hidden states of the language model.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): Per-layer attention weights of the language model.
+        image_hidden_states (`torch.FloatTensor`, *optional*):
+            Soft visual prompts of shape `(num_images, tokens_per_view, hidden_size)`, the projector's output.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class RRGCausalLMOutputWithPast(ModelOutput):
+    """
+    Output of [`RRGForConditionalGeneration`].
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): Next-token cross-entropy over positions whose label is not -100.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): LM head scores.
+        past_key_values (`Cache`, *optional*): The key/value cache, when `use_cache=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): Per-layer hidden states of the language model.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): Per-layer attention weights of the language model.
+        image_hidden_states (`torch.FloatTensor`, *optional*): The soft visual prompts (see [`RRGModelOutputWithPast`]).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class RRGMultiModalProjector(nn.Module):
+    """Maps vision features (`vision hidden size`) to soft visual prompts (`text hidden size`)."""
+
+    def __init__(self, config: RRGConfig):
+        super().__init__()
+        in_dim = config.vision_config.hidden_size
+        out_dim = config.text_config.hidden_size
+        self.projector_type = config.projector_type
+        if config.projector_type == "linear":
+            self.linear_1 = nn.Linear(in_dim, out_dim, bias=config.projector_bias)
+        else:  # "mlp2x_gelu" (validated by the config)
+            self.linear_1 = nn.Linear(in_dim, out_dim, bias=config.projector_bias)
+            self.act = ACT2FN["gelu"]
+            self.linear_2 = nn.Linear(out_dim, out_dim, bias=config.projector_bias)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.linear_1(image_features)
+        if self.projector_type == "mlp2x_gelu":
+            hidden_states = self.linear_2(self.act(hidden_states))
+        return hidden_states
+
+
+class RRGPreTrainedModel(PreTrainedModel):
+    config_class = RRGConfig
+    config: RRGConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class RRGModel(RRGPreTrainedModel):
+    r"""
+    The headless rrg model: vision tower, projector and language model (without LM head), returning the language
+    model's `last_hidden_state`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import ViTConfig, LlamaConfig
+    >>> from modeling_rrg import RRGConfig, RRGModel
+    >>> config = RRGConfig(
+    ...     vision_config=ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+    ...                             num_attention_heads=2, intermediate_size=64),
+    ...     text_config=LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...                             intermediate_size=64),
+    ...     image_token_id=49,
+    ... )
+    >>> model = RRGModel(config)
+    >>> ids = torch.tensor([[1, 49, 49, 49, 49, 5, 6]])  # 4 image tokens: a 16 px image in 8 px patches
+    >>> model(input_ids=ids, pixel_values=torch.randn(1, 1, 3, 16, 16)).last_hidden_state.shape
+    torch.Size([1, 7, 32])
+    ```
+    """
+
+    def __init__(self, config: RRGConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = RRGMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------ images
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Encoder features of a stack of images, before the projector: what a frozen-encoder feature cache stores.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_images, config.image_seq_length, vision_hidden_size)`.
+        """
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"get_vision_features expects pixel_values of shape (num_images, C, H, W), got {tuple(pixel_values.shape)}."
+            )
+        expected = self.config.vision_config.image_size
+        expected = tuple(expected) if isinstance(expected, (list, tuple)) else (expected, expected)
+        if tuple(pixel_values.shape[-2:]) != expected:
+            raise ValueError(
+                f"Images are {tuple(pixel_values.shape[-2:])} pixels but the vision encoder expects {expected}; "
+                "preprocess them with the model's processor (RRGProcessor) so they are resized."
+            )
+        num_channels = getattr(self.config.vision_config, "num_channels", 3)
+        if pixel_values.shape[1] != num_channels:
+            raise ValueError(
+                f"Images have {pixel_values.shape[1]} channels but the vision encoder expects {num_channels}; "
+                "grayscale X-rays are converted to RGB by RRGProcessor."
+            )
+        dtype = next(self.vision_tower.parameters()).dtype
+        outputs = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=True, return_dict=True)
+        features = outputs.hidden_states[self.config.vision_feature_layer]
+        num_patches = self.config.num_patches
+        if self.config.vision_feature_select_strategy == "patch":
+            if features.shape[1] < num_patches:
+                raise ValueError(
+                    f"The vision encoder returned {features.shape[1]} tokens, fewer than its {num_patches} patches."
+                )
+            # CLS / register tokens come first in ViT, CLIP and DINOv2; SigLIP has none.
+            features = features[:, features.shape[1] - num_patches :]
+        if self.config.num_visual_tokens is not None and self.config.num_visual_tokens != features.shape[1]:
+            features = self._pool(features, self.config.num_visual_tokens)
+        return features
+
+    @staticmethod
+    def _pool(features: torch.Tensor, target: int) -> torch.Tensor:
+        """Average-pool patch tokens to `target` tokens: on the 2D grid when both counts are squares."""
+        n, length, dim = features.shape
+        side, target_side = math.isqrt(length), math.isqrt(target)
+        if side * side == length and target_side * target_side == target:
+            grid = features.transpose(1, 2).reshape(n, dim, side, side)
+            pooled = F.adaptive_avg_pool2d(grid, target_side)
+            return pooled.flatten(2).transpose(1, 2)
+        return F.adaptive_avg_pool1d(features.transpose(1, 2), target).transpose(1, 2)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        num_views: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Soft visual prompts of every (valid) view in the batch, in sample-then-view order.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch, views, C, H, W)` or `(batch, C, H, W)`, *optional*):
+                The study images; views past `num_views[i]` are padding and ignored.
+            num_views (`torch.LongTensor` of shape `(batch,)`, *optional*):
+                Number of real views per sample (defaults to all views).
+            image_features (`torch.FloatTensor` of shape `(batch, views, tokens, vision_hidden)`, *optional*):
+                Precomputed [`~RRGModel.get_vision_features`] outputs, used instead of `pixel_values`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_valid_views, config.image_seq_length, text_hidden_size)`.
+        """
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Pass exactly one of `pixel_values` or `image_features`.")
+        source = pixel_values if pixel_values is not None else image_features
+        if pixel_values is not None and pixel_values.dim() == 4:
+            source = pixel_values.unsqueeze(1)  # one view per sample
+        if image_features is not None and image_features.dim() == 3:
+            source = image_features.unsqueeze(1)
+        expected_dims = 5 if pixel_values is not None else 4
+        if source.dim() != expected_dims:
+            raise ValueError(
+                f"{'pixel_values' if pixel_values is not None else 'image_features'} has shape {tuple(source.shape)}; "
+                f"expected {'(batch, views, C, H, W)' if pixel_values is not None else '(batch, views, tokens, dim)'}."
+            )
+        batch, views = source.shape[:2]
+        if views > self.config.max_views:
+            raise ValueError(
+                f"Got {views} views per study but the model is configured for at most max_views="
+                f"{self.config.max_views}; drop views or build the model with a larger max_views."
+            )
+        if num_views is None:
+            valid = torch.ones(batch, views, dtype=torch.bool, device=source.device)
+        else:
+            num_views = torch.as_tensor(num_views, device=source.device).view(-1)
+            if num_views.numel() != batch:
+                raise ValueError(f"num_views has {num_views.numel()} entries for a batch of {batch} samples.")
+            if (num_views < 1).any() or (num_views > views).any():
+                raise ValueError(
+                    f"num_views must be between 1 and {views} (the views dimension); got {num_views.tolist()}."
+                )
+            valid = torch.arange(views, device=source.device)[None, :] < num_views[:, None]
+        selected = source[valid]  # (num_valid_views, ...)
+        if pixel_values is not None:
+            selected = self.get_vision_features(selected)
+        elif selected.shape[-1] != self.config.vision_config.hidden_size:
+            raise ValueError(
+                f"image_features have dimension {selected.shape[-1]}, but the vision encoder's hidden size is "
+                f"{self.config.vision_config.hidden_size}; pass get_vision_features() outputs, not projected ones."
+            )
+        projector_dtype = self.multi_modal_projector.linear_1.weight.dtype
+        return self.multi_modal_projector(selected.to(projector_dtype))
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, num_images_per_sample) -> torch.Tensor:
+        """Boolean mask of the image-token positions; raises when tokens and features do not match."""
+        mask = input_ids == self.config.image_token_id
+        tokens_per_view = image_embeds.shape[1]
+        per_sample = mask.sum(dim=1)
+        expected = num_images_per_sample * tokens_per_view
+        if not torch.equal(per_sample, expected):
+            bad = int(torch.nonzero(per_sample != expected)[0, 0])
+            raise ValueError(
+                "Image features and image tokens do not match: sample "
+                f"{bad} has {int(per_sample[bad])} image tokens but {int(num_images_per_sample[bad])} view(s) x "
+                f"{tokens_per_view} soft visual prompt tokens = {int(expected[bad])} features. Build the inputs with "
+                "RRGProcessor, which expands one image placeholder per view to config.image_seq_length tokens."
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        num_views: torch.LongTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> RRGModelOutputWithPast | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): Token ids with image-token placeholders.
+            pixel_values (`torch.FloatTensor` of shape `(batch, views, C, H, W)`, *optional*): Study images.
+            num_views (`torch.LongTensor` of shape `(batch,)`, *optional*): Real views per sample.
+            image_features (`torch.FloatTensor` of shape `(batch, views, tokens, vision_hidden)`, *optional*):
+                Cached encoder features ([`~RRGModel.get_vision_features`]) used instead of `pixel_values`.
+            attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, output_attentions,
+            output_hidden_states: as for the underlying language model.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("Pass either `pixel_values` or `image_features`, not both.")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_embeds = None
+        has_images = pixel_values is not None or image_features is not None
+        if has_images:
+            if input_ids is None:
+                raise ValueError("Images need `input_ids` (with image tokens) to know where the visual prompts go.")
+            image_embeds = self.get_image_features(pixel_values, num_views, image_features)
+            batch = input_ids.shape[0]
+            source = pixel_values if pixel_values is not None else image_features
+            views = source.shape[1] if source.dim() == (5 if pixel_values is not None else 4) else 1
+            if num_views is None:
+                per_sample = torch.full((batch,), views, dtype=torch.long, device=input_ids.device)
+            else:
+                per_sample = torch.as_tensor(num_views, device=input_ids.device).view(-1).long()
+            if per_sample.numel() != batch:
+                raise ValueError(f"Got images for {per_sample.numel()} samples but input_ids has {batch} rows.")
+            mask = self.get_placeholder_mask(input_ids, image_embeds, per_sample)
+            inputs_embeds = inputs_embeds.masked_scatter(
+                mask.unsqueeze(-1).to(inputs_embeds.device),
+                image_embeds.to(inputs_embeds.device, inputs_embeds.dtype),
+            )
+        elif input_ids is not None and _is_prefill(past_key_values) and (input_ids == self.config.image_token_id).any():
+            raise ValueError(
+                "input_ids contain image tokens but no `pixel_values` (or `image_features`) were given; pass the "
+                "study images, or remove the image placeholders from the text."
+            )
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        output = RRGModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=getattr(outputs, "past_key_values", None),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+            image_hidden_states=image_embeds,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _is_prefill(past_key_values) -> bool:
+    if past_key_values is None:
+        return True
+    get_len = getattr(past_key_values, "get_seq_length", None)
+    return get_len is not None and int(get_len()) == 0
+
+
+class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
+    r"""
+    rrg with its language-modeling head: give it the study images and a prompt, it writes the report.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+    >>> model = AutoModelForImageTextToText.from_pretrained("path/to/rrg-model", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("path/to/rrg-model", trust_remote_code=True)
+    >>> inputs = processor(images=["frontal.png", "lateral.png"], return_tensors="pt")
+    >>> out = model.generate(**inputs, max_new_tokens=128)
+    >>> processor.batch_decode(out)[0]
+    ```
+    """
+
+    # Tying target -> source; the source name depends on the text model (set per instance in __init__).
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: RRGConfig):
+        super().__init__(config)
+        self.model = RRGModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{self._input_embedding_name()}.weight"}
+        self.post_init()
+
+    def _input_embedding_name(self) -> str:
+        embeddings = self.model.language_model.get_input_embeddings()
+        for name, module in self.model.language_model.named_modules():
+            if module is embeddings:
+                return name
+        raise ValueError("Could not locate the language model's input embeddings.")
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_decoder(self):
+        return self.model.language_model
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self):
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """See [`RRGModel.get_vision_features`]."""
+        return self.model.get_vision_features(pixel_values)
+
+    def get_image_features(self, pixel_values=None, num_views=None, image_features=None) -> torch.Tensor:
+        """See [`RRGModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values, num_views, image_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        num_views: torch.LongTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> RRGCausalLMOutputWithPast | tuple:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+                Target ids (unshifted); positions set to -100 (image tokens, prompt, padding) are ignored by the loss.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*):
+                Compute logits only for the last `logits_to_keep` positions (0: all), as in transformers' LMs.
+            Other arguments: see [`RRGModel.forward`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            num_views=num_views,
+            image_features=image_features,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep > 0:
+                hidden_states = hidden_states[:, -logits_to_keep:, :]
+        else:
+            hidden_states = hidden_states[:, logits_to_keep, :]
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        output = RRGCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        pixel_values=None,
+        num_views=None,
+        image_features=None,
+        **kwargs,
+    ):
+        # Images enter only on the prefill step: afterwards the KV cache already holds the visual prompts, so the
+        # vision encoder runs once per generate() call. Without a cache (use_cache=False) every step needs them.
+        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        if _is_prefill(past_key_values) or not kwargs.get("use_cache", True):
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["image_features"] = image_features
+            model_inputs["num_views"] = num_views
+        return model_inputs
+
+    @classmethod
+    def from_pretrained_backbones(
+        cls,
+        vision_name_or_path: str,
+        text_name_or_path: str,
+        image_token_id: int | None = None,
+        vocab_size: int | None = None,
+        dtype: torch.dtype | str | None = None,
+        vision_kwargs: dict | None = None,
+        text_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "RRGForConditionalGeneration":
+        r"""
+        Assemble an untrained rrg model from a pretrained vision encoder and a pretrained causal LM, keeping their
+        weights; only the projector is newly initialised.
+
+        Args:
+            vision_name_or_path (`str`):
+                A vision checkpoint (ViT, CLIP, SigLIP, DINOv2, ...). For dual-encoder checkpoints (CLIP, SigLIP) the
+                vision half is used.
+            text_name_or_path (`str`): A causal LM checkpoint (e.g. `openlm-research/open_llama_7b`).
+            image_token_id (`int`, *optional*):
+                Id of the image token in the (extended) tokenizer. When it is past the LM's vocabulary, the
+                embeddings are resized to `vocab_size` (or `image_token_id + 1`). Use
+                [`RRGProcessor.from_pretrained_backbones`] to get a tokenizer with the token added and pass
+                `image_token_id=processor.image_token_id, vocab_size=len(processor.tokenizer)`.
+            vocab_size (`int`, *optional*): Final vocabulary size (length of the extended tokenizer).
+            dtype (`torch.dtype` or `str`, *optional*): Load both backbones in this dtype (e.g. `torch.bfloat16`).
+            vision_kwargs / text_kwargs (`dict`, *optional*): Extra `from_pretrained` arguments per backbone.
+            config_kwargs: Other [`RRGConfig`] fields (`projector_type`, `num_visual_tokens`, ...).
+        """
+        from transformers import AutoConfig
+
+        vision_kwargs = dict(vision_kwargs or {})
+        text_kwargs = dict(text_kwargs or {})
+        if dtype is not None:
+            vision_kwargs.setdefault("dtype", dtype)
+            text_kwargs.setdefault("dtype", dtype)
+
+        vision_config = AutoConfig.from_pretrained(vision_name_or_path, **{k: v for k, v in vision_kwargs.items() if k in ("revision", "token", "trust_remote_code")})
+        if getattr(vision_config, "vision_config", None) is not None and getattr(vision_config, "patch_size", None) is None:
+            # Dual encoder (CLIP / SigLIP): keep the vision half.
+            full = AutoModel.from_pretrained(vision_name_or_path, **vision_kwargs)
+            vision_tower = AutoModel.from_config(full.config.vision_config)
+            vision_tower.vision_model = full.vision_model
+            vision_tower = vision_tower.to(next(full.parameters()).dtype)
+            del full
+        else:
+            vision_tower = AutoModel.from_pretrained(vision_name_or_path, **vision_kwargs)
+        causal_lm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **text_kwargs)
+        language_model = causal_lm.base_model
+        lm_head = causal_lm.get_output_embeddings()
+
+        text_config = causal_lm.config
+        if image_token_id is None:
+            image_token_id = text_config.vocab_size
+        config = RRGConfig(
+            vision_config=vision_tower.config.to_dict(),
+            text_config=text_config.to_dict(),
+            image_token_id=min(image_token_id, text_config.vocab_size - 1),  # validated again after resizing
+            **config_kwargs,
+        )
+        # Build the shell on the meta device (no memory for a second 7B copy), then put the real backbones in.
+        with torch.device("meta"):
+            model = cls(config)
+        model.model.vision_tower = vision_tower
+        model.model.language_model = language_model
+        model.lm_head = lm_head
+        projector = RRGMultiModalProjector(config)
+        std = getattr(config.text_config, "initializer_range", 0.02) or 0.02
+        for module in projector.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        model.model.multi_modal_projector = projector.to(lm_head.weight.dtype)
+        new_vocab = max(vocab_size or 0, image_token_id + 1, text_config.vocab_size)
+        if new_vocab != text_config.vocab_size:
+            model.resize_token_embeddings(new_vocab, mean_resizing=True)
+        model.config.image_token_id = image_token_id
+        model.config.validate_rrg()
+        model.tie_weights()
+        return model
+
+
+# Let `save_pretrained` write `auto_map` and copy this folder's code, so the Hub serves it as remote code.
+RRGConfig.register_for_auto_class()
+RRGModel.register_for_auto_class("AutoModel")
+RRGForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")

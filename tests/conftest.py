@@ -1,0 +1,33 @@
+"""Shared test fixtures: offline Hub, tiny models, a tokenizer trained once per session."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch):
+    # Hub lookups hang on retries without network; every test runs offline.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from training.tiny import train_bpe_tokenizer
+
+    return train_bpe_tokenizer()
+
+
+@pytest.fixture()
+def tiny(tokenizer):
+    """A fresh tiny (model, processor) pair with a 32 px ViT and a 2-layer LLaMA."""
+    from training.tiny import build_tiny_model
+
+    model, processor = build_tiny_model(tokenizer=tokenizer)
+    model.eval()
+    return model, processor
