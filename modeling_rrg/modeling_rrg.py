@@ -371,6 +371,29 @@ class RRGModel(RRGPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _vision_half(dual_encoder: PreTrainedModel) -> PreTrainedModel:
+    """The vision model of a CLIP / SigLIP style dual encoder, as a standalone vision model with the same weights."""
+    half = getattr(dual_encoder, "vision_model", None)
+    if half is None:
+        raise ValueError(
+            f"{type(dual_encoder).__name__} has no `vision_model`; pass a vision-only checkpoint as the vision backbone."
+        )
+    if isinstance(half, PreTrainedModel):
+        return half
+    tower = AutoModel.from_config(dual_encoder.config.vision_config).to(next(half.parameters()).dtype)
+    source = half.state_dict()
+    target_keys = set(tower.state_dict())
+    for prefix in ("", "vision_model."):
+        renamed = {prefix + key: value for key, value in source.items()}
+        if set(renamed) == target_keys:
+            tower.load_state_dict(renamed)
+            return tower
+    raise ValueError(
+        f"Could not map the vision weights of {type(dual_encoder).__name__} onto {type(tower).__name__}; "
+        "save the vision model on its own (e.g. CLIPVisionModel) and pass that folder."
+    )
+
+
 def _is_prefill(past_key_values) -> bool:
     if past_key_values is None:
         return True
@@ -576,9 +599,7 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         if getattr(vision_config, "vision_config", None) is not None and getattr(vision_config, "patch_size", None) is None:
             # Dual encoder (CLIP / SigLIP): keep the vision half.
             full = AutoModel.from_pretrained(vision_name_or_path, **vision_kwargs)
-            vision_tower = AutoModel.from_config(full.config.vision_config)
-            vision_tower.vision_model = full.vision_model
-            vision_tower = vision_tower.to(next(full.parameters()).dtype)
+            vision_tower = _vision_half(full)
             del full
         else:
             vision_tower = AutoModel.from_pretrained(vision_name_or_path, **vision_kwargs)
