@@ -215,8 +215,11 @@ class RRGProcessor(ProcessorMixin):
                 )
         return studies
 
-    def _encode_images(self, studies, **image_kwargs):
-        """Pixel values of shape (studies, max_views, C, H, W) (zero padding past each study's view count)."""
+    def encode_images(self, studies, **image_kwargs):
+        """
+        Pixel values of shape `(studies, max_views, C, H, W)` (zero padding past each study's view count) and the
+        view counts, for a list of studies (each a list of views in any form `to_pil_image` accepts).
+        """
         flat = [to_pil_image(view) for views in studies for view in views]
         pixels = self.image_processor(images=flat, return_tensors="pt", **image_kwargs)["pixel_values"]
         max_views = max(len(views) for views in studies)
@@ -246,6 +249,7 @@ class RRGProcessor(ProcessorMixin):
         suffix=None,
         instruction: str | None = None,
         indication=None,
+        num_views=None,
         padding: bool | str = True,
         padding_side: str | None = None,
         truncation: bool = False,
@@ -263,6 +267,8 @@ class RRGProcessor(ProcessorMixin):
             report / suffix (`str` or `list[str]`, *optional*): Target report(s); adds `labels`.
             instruction (`str`, *optional*): Overrides the default instruction.
             indication (`str` or `list[str]`, *optional*): Clinical indication text prepended to the instruction.
+            num_views (`list[int]`, *optional*): Views per study when `images` is omitted because the model gets
+                precomputed `image_features` instead (a frozen-encoder feature cache); the prompt is built for them.
             padding, padding_side, truncation, max_length, return_tensors: as for the tokenizer. Truncation only
                 ever cuts the report; a `max_length` that would cut the prompt (and its image tokens) is an error.
 
@@ -275,21 +281,28 @@ class RRGProcessor(ProcessorMixin):
         report = report if report is not None else suffix
         studies = self._normalize_images(images, text)
 
+        if studies is not None and num_views is not None:
+            raise ValueError("Pass `images` or `num_views` (for precomputed image features), not both.")
+        view_counts = [len(v) for v in studies] if studies is not None else None
+        if num_views is not None:
+            view_counts = [int(n) for n in (num_views.tolist() if hasattr(num_views, "tolist") else num_views)]
+            if any(n < 1 or n > self.max_views for n in view_counts):
+                raise ValueError(f"num_views must be between 1 and max_views={self.max_views}, got {view_counts}.")
         if text is None:
-            if studies is None:
+            if view_counts is None:
                 raise ValueError("Pass `images` (and optionally `text`); got neither.")
-            indications = indication if isinstance(indication, (list, tuple)) else [indication] * len(studies)
-            if len(indications) != len(studies):
-                raise ValueError(f"Got {len(indications)} indications for {len(studies)} studies.")
-            texts = [self.build_prompt(len(v), instruction, ind) for v, ind in zip(studies, indications)]
+            indications = indication if isinstance(indication, (list, tuple)) else [indication] * len(view_counts)
+            if len(indications) != len(view_counts):
+                raise ValueError(f"Got {len(indications)} indications for {len(view_counts)} studies.")
+            texts = [self.build_prompt(n, instruction, ind) for n, ind in zip(view_counts, indications)]
         else:
             texts = [text] if isinstance(text, str) else list(text)
-        if studies is None:
+        if view_counts is None:
             studies_views = [0] * len(texts)
         else:
-            if len(studies) != len(texts):
-                raise ValueError(f"Got {len(texts)} texts for {len(studies)} studies; pass one text per study.")
-            studies_views = [len(v) for v in studies]
+            if len(view_counts) != len(texts):
+                raise ValueError(f"Got {len(texts)} texts for {len(view_counts)} studies; pass one text per study.")
+            studies_views = view_counts
         texts = [self._expand_image_tokens(t, n, i) for i, (t, n) in enumerate(zip(texts, studies_views))]
 
         reports = None
@@ -331,7 +344,9 @@ class RRGProcessor(ProcessorMixin):
 
         data = self._pad(sequences, label_rows if reports is not None else None, padding, padding_side)
         if studies is not None:
-            data["pixel_values"], data["num_views"] = self._encode_images(studies, **kwargs)
+            data["pixel_values"], data["num_views"] = self.encode_images(studies, **kwargs)
+        elif num_views is not None:
+            data["num_views"] = torch.tensor(view_counts, dtype=torch.long)
         if return_tensors is None:
             data = {k: v.tolist() for k, v in data.items()}
         return BatchFeature(data=data, tensor_type=None)
