@@ -271,7 +271,7 @@ class RRGModel(RRGPreTrainedModel):
                 f"image_features have dimension {selected.shape[-1]}, but the vision encoder's hidden size is "
                 f"{self.config.vision_config.hidden_size}; pass get_vision_features() outputs, not projected ones."
             )
-        projector_dtype = self.multi_modal_projector.linear_1.weight.dtype
+        projector_dtype = next(self.multi_modal_projector.parameters()).dtype
         return self.multi_modal_projector(selected.to(projector_dtype))
 
     def get_placeholder_mask(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, num_images_per_sample) -> torch.Tensor:

@@ -1,0 +1,245 @@
+"""Two-stage training on SFTTrainer: what trains and what stays frozen, resume, adapters, feature cache, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from training.train import RRGDataCollator, main, parse_args, train
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Synthetic data + tiny 'pretrained' backbones saved like Hub checkpoints."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from training.synthetic import generate_synthetic_dataset
+    from training.tiny import save_backbone, tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    data = generate_synthetic_dataset(root / "data", num_train=48, num_val=8, num_test=8, image_size=64, seed=0)
+    reports = [r["report"] for r in json.loads((data / "annotation.json").read_text())["train"]]
+    tokenizer = train_bpe_tokenizer(reports, image_token="<unused0>")
+    torch.manual_seed(0)
+    vision = AutoModel.from_config(tiny_vision_config("vit", image_size=32))
+    text = AutoModelForCausalLM.from_config(tiny_text_config("llama", vocab_size=len(tokenizer)))
+    save_backbone(vision, root / "vision", image_processor=tiny_image_processor(32))
+    save_backbone(text, root / "text", tokenizer=tokenizer)
+    return root
+
+
+def recipe(workspace, out, **overrides):
+    base = {
+        "stage": 1, "dataset_path": str(workspace / "data"), "vision_model": str(workspace / "vision"),
+        "text_model": str(workspace / "text"), "num_visual_tokens": 4, "output_dir": str(out), "max_steps": 4,
+        "per_device_train_batch_size": 4, "learning_rate": 0.01, "logging_steps": 2, "save_steps": 2,
+        "bf16": False, "gradient_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
+        "eval_strategy": "no", "seed": 0, "data_seed": 0, "disable_tqdm": True, "save_only_model": False,
+    }
+    base.update(overrides)
+    path = Path(out).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def run(path, *extra):
+    args, training_args, model_args = parse_args(["--config", str(path), *extra])
+    return train(args, training_args, model_args)
+
+
+def weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_stage1_trains_only_the_projector(workspace, tmp_path):
+    final = run(recipe(workspace, tmp_path / "stage1"))
+    after = weights(final)
+    vision = load_file(str(workspace / "vision" / "model.safetensors"))
+    text = load_file(str(workspace / "text" / "model.safetensors"))
+    for key, value in vision.items():
+        assert torch.equal(after[f"model.vision_tower.{key}"], value), key
+    for key, value in text.items():
+        target = f"model.language_model.{key.removeprefix('model.')}" if key.startswith("model.") else key
+        got = after[target]
+        if got.shape != value.shape:  # embeddings / head grew by the image token: old rows untouched
+            got = got[: value.shape[0]]
+        assert torch.equal(got, value), key
+    from modeling_rrg import RRGForConditionalGeneration
+
+    summary = json.loads((final / "rrg_training.json").read_text())
+    assert summary["stage"] == 1 and summary["mode"] == "projector"
+    projector_params = sum(v.numel() for k, v in after.items() if "multi_modal_projector" in k)
+    assert summary["trainable_parameters"] == projector_params
+    assert summary["frozen_parameters"] > 10 * projector_params
+    # the projector moved away from its initialisation: a fresh assembly with the same seed differs
+    fresh = RRGForConditionalGeneration.from_pretrained(final)
+    assert any("multi_modal_projector" in k for k in after)
+    assert fresh.model.multi_modal_projector.linear_1.weight.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def stage1(workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s1") / "stage1"
+    return run(recipe(workspace, out, max_steps=6)).parent
+
+
+def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, stage1, tmp_path):
+    from peft import PeftModel
+
+    from training.loading import load_trained
+
+    final = run(recipe(workspace, tmp_path / "stage2", stage=2, model_name_or_path=str(stage1), use_peft=True,
+                       lora_r=4, lora_alpha=8, merge_adapter=True))
+    assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
+    adapter = load_file(str(final / "adapter_model.safetensors"))
+    assert any("lora_B" in k for k in adapter) and any("multi_modal_projector" in k for k in adapter)
+    assert not any("vision_tower" in k for k in adapter), "LoRA must never touch the vision tower"
+    assert all(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k), "LoRA B stayed at its zero init"
+    stage1_weights = weights(stage1 / "model")
+    projector_keys = [k for k in adapter if "multi_modal_projector" in k]
+    changed = [k for k in projector_keys
+               if not torch.equal(adapter[k], stage1_weights[k.replace("base_model.model.", "").replace(
+                   ".modules_to_save.default", "")])]
+    assert changed, "the projector did not train in stage 2"
+
+    # adapter -> merge -> reload: equal logits three ways
+    peft_model, processor = load_trained(final, merge=False)
+    assert isinstance(peft_model, PeftModel)
+    merged_in_memory, _ = load_trained(final, merge=True)
+    merged_folder, _ = load_trained(final.parent / "merged")
+    from training.data import load_synthetic
+
+    rows = load_synthetic(workspace / "data")["test"].select(range(4))
+    batch = RRGDataCollator(processor, max_length=256)(list(rows))
+    with torch.no_grad():
+        a = peft_model(**batch).logits
+        b = merged_in_memory(**batch).logits
+        c = merged_folder(**batch).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b, c)
+    # merged model: vision tower still identical to stage 1
+    merged_weights = weights(final.parent / "merged")
+    for key, value in stage1_weights.items():
+        if key.startswith("model.vision_tower."):
+            assert torch.equal(merged_weights[key], value), key
+
+
+def test_stage2_full_finetune_trains_llm_not_encoder(workspace, stage1, tmp_path):
+    final = run(recipe(workspace, tmp_path / "full", stage=2, model_name_or_path=str(stage1), use_peft=False,
+                       learning_rate=0.01))
+    before, after = weights(stage1 / "model"), weights(final)
+    llm_changed = [k for k in before if k.startswith("model.language_model.") and not torch.equal(before[k], after[k])]
+    assert llm_changed
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vision_tower."))
+    assert json.loads((final / "rrg_training.json").read_text())["mode"] == "full"
+
+
+def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
+    from training.loading import load_trained
+
+    final = run(recipe(workspace, tmp_path / "ablation", stage=2, use_peft=True, lora_r=2, max_steps=2))
+    config = json.loads((final / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == (tmp_path / "ablation" / "base").resolve()
+    model, _ = load_trained(final)
+    assert model is not None
+
+
+def test_feature_cache_gives_the_same_loss_as_the_encoder(workspace, stage1, tmp_path):
+    from training.data import load_synthetic
+    from training.feature_cache import FeatureCache
+    from training.loading import load_trained
+
+    model, processor = load_trained(stage1)
+    rows = list(load_synthetic(workspace / "data")["train"].select(range(6)))
+    cache = FeatureCache(tmp_path / "cache", model, processor)
+    paths = [p for r in rows for p in r["image_path"]]
+    assert cache.precompute(paths) == len(set(paths))
+    assert cache.precompute(paths) == 0  # reused, not recomputed
+    with torch.no_grad():
+        plain = model(**RRGDataCollator(processor, max_length=256)(rows)).loss
+        cached_batch = RRGDataCollator(processor, max_length=256, feature_cache=cache)(rows)
+        assert "pixel_values" not in cached_batch and "image_features" in cached_batch
+        cached = model(**cached_batch).loss
+    torch.testing.assert_close(plain, cached)
+    # a different encoder gets a different cache folder (no stale reuse)
+    with torch.no_grad():
+        model.model.vision_tower.embeddings.patch_embeddings.projection.weight.add_(1.0)
+    assert FeatureCache(tmp_path / "cache", model, processor).dir != cache.dir
+
+
+def test_training_with_feature_cache_matches_training_without(workspace, stage1, tmp_path):
+    common = dict(stage=2, model_name_or_path=str(stage1), use_peft=True, lora_r=2, max_steps=3, save_steps=100)
+    a = run(recipe(workspace, tmp_path / "nocache", **common))
+    b = run(recipe(workspace, tmp_path / "cache", feature_cache_dir=str(tmp_path / "fc"), **common))
+    la = json.loads((a / "rrg_training.json").read_text())["train_loss"]
+    lb = json.loads((b / "rrg_training.json").read_text())["train_loss"]
+    assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_interrupted_run_resumes_to_the_same_result(workspace, tmp_path, monkeypatch):
+    import trl
+
+    straight = run(recipe(workspace, tmp_path / "straight", max_steps=6, save_steps=3))
+
+    calls = {"n": 0}
+    original = trl.SFTTrainer.training_step
+
+    def crash_after_three(self, *args, **kwargs):
+        if calls["n"] == 4:  # steps 1-3 done and checkpoint-3 written
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", crash_after_three)
+    interrupted = recipe(workspace, tmp_path / "resumed", max_steps=6, save_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted)
+    out = tmp_path / "resumed"
+    assert (out / "checkpoint-3").is_dir()
+    assert not (out / "model").exists(), "a crashed run must not leave a model folder that looks complete"
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", original)
+    resumed = run(interrupted, "--resume_from_checkpoint", "last")
+    a, b = weights(straight), weights(resumed)
+    for key in a:
+        if "multi_modal_projector" in key:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert json.loads((resumed / "rrg_training.json").read_text())["global_step"] == 6
+
+
+def test_clear_errors_for_bad_recipes(workspace, tmp_path):
+    bad = recipe(workspace, tmp_path / "bad", not_a_field=3)
+    with pytest.raises(ValueError, match="not_a_field"):
+        parse_args(["--config", str(bad)])
+    missing = recipe(workspace, tmp_path / "s2", stage=2, model_name_or_path=str(tmp_path / "no-stage1"), use_peft=True)
+    with pytest.raises(FileNotFoundError, match="stage 1's output folder"):
+        run(missing)
+    no_columns = tmp_path / "cols.jsonl"
+    no_columns.write_text(json.dumps({"image": "x.png", "text": "a report", "split": "train"}) + "\n")
+    bad_data = recipe(workspace, tmp_path / "cols", dataset_path=str(no_columns), dataset_format="hf",
+                      split_column="split", eval_split=None)
+    with pytest.raises((ValueError, FileNotFoundError), match="report"):
+        run(bad_data)
+    lora_in_stage1 = recipe(workspace, tmp_path / "l1", use_peft=True)
+    with pytest.raises(ValueError, match="Stage 1 trains only the projector"):
+        run(lora_in_stage1)
+
+
+def test_ddp_two_cpu_processes(workspace, tmp_path):
+    path = recipe(workspace, tmp_path / "ddp", max_steps=2, save_steps=100, ddp_backend="gloo")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "training.train", "--config", str(path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "ddp" / "model" / "rrg_training.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["global_step"] == 2
