@@ -1,0 +1,114 @@
+"""`rrg evaluate`: generation to predictions.jsonl with resume, metrics.json / metrics.md; the CLI and recipes."""
+
+import json
+
+import pytest
+
+from training.evaluate import evaluate, generate_reports, read_predictions
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from training.synthetic import generate_synthetic_dataset
+    from training.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("eval")
+    data = generate_synthetic_dataset(root / "data", num_train=4, num_val=2, num_test=10, image_size=32, seed=1)
+    model, processor = build_tiny_model(seed=3)
+    model.eval()
+    return root, data, model, processor
+
+
+def _rows(data):
+    from training.data import load_synthetic
+
+    return list(load_synthetic(data)["test"])
+
+
+def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path):
+    root, data, model, processor = setup
+    gen = {"max_new_tokens": 8, "min_new_tokens": 8}
+    full = evaluate(None, data, output_dir=tmp_path / "full", batch_size=3, generation_kwargs=gen, model=model,
+                    processor=processor, meteor=False)
+
+    class Crashing:
+        """Wraps the model and dies on the third generate call, as a killed run would."""
+
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def generate(self, **kwargs):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return self.inner.generate(**kwargs)
+
+        def parameters(self):
+            return self.inner.parameters()
+
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        generate_reports(Crashing(model), processor, _rows(data), part / "predictions.jsonl", batch_size=3,
+                         generation_kwargs=gen)
+    written = read_predictions(part / "predictions.jsonl")
+    assert len(written) == 6
+    with open(part / "predictions.jsonl", "a") as handle:  # a write cut in the middle of a line
+        handle.write('{"id": "test_0000')
+    resumed = evaluate(None, data, output_dir=part, batch_size=3, generation_kwargs=gen, model=model,
+                       processor=processor, meteor=False)
+    a = [json.loads(x) for x in (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (part / "predictions.jsonl").read_text().splitlines()]
+    assert a == b
+    for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert full[key] == resumed[key]
+    assert full["clinical_efficacy"] == resumed["clinical_efficacy"]
+
+
+def test_metrics_files_say_what_was_computed(setup, tmp_path):
+    root, data, model, processor = setup
+    evaluate(None, data, output_dir=tmp_path, batch_size=5, generation_kwargs={"max_new_tokens": 6}, model=model,
+             processor=processor, meteor=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["clinical_efficacy"]["labeler"] == "rrg-rule-based-v1"
+    assert metrics["num_samples"] == 10 and metrics["split"] == "test"
+    assert metrics["generation"]["max_new_tokens"] == 6 and metrics["generation"]["num_beams"] == 1
+    assert "r2gen" in metrics["tokenization"] and metrics["nlg_text_cleaning"] == "mimic"
+    table = (tmp_path / "metrics.md").read_text()
+    assert "BLEU-4" in table and "Pleural Effusion" in table and "rrg-rule-based-v1" in table
+
+
+def test_shuffled_images_pair_studies_with_other_images(setup, tmp_path):
+    root, data, model, processor = setup
+    rows = _rows(data)
+    preds = generate_reports(model, processor, rows, tmp_path / "p.jsonl", batch_size=5,
+                             generation_kwargs={"max_new_tokens": 2}, shuffle_images_seed=0)
+    moved = sum(p["image_path"] != r["image_path"] for p, r in zip(preds, rows))
+    assert moved >= len(rows) // 2
+    assert sorted(tuple(p["image_path"]) for p in preds) == sorted(tuple(r["image_path"]) for r in rows)
+
+
+def test_cli_lists_commands_and_dispatches(capsys):
+    from training.cli import COMMANDS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+    assert main(["no-such-command"]) == 2
+
+
+@pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "paper_stage1", "paper_stage2"])
+def test_shipped_recipes_parse(name):
+    from training.demo import RECIPES
+    from training.train import parse_args
+
+    # GPU recipes are validated on CPU with bf16 switched off (TrainingArguments refuses bf16 without a GPU).
+    cpu = ["--bf16", "false", "--use_cpu", "true"] if name.startswith("paper") else []
+    args, training_args, model_args = parse_args(["--config", str(RECIPES / f"{name}.yaml"),
+                                                  "--output_dir", "/tmp/unused", *cpu])
+    assert args.stage == (1 if "stage1" in name else 2)
+    if args.stage == 2:
+        assert model_args.use_peft
+    if name.startswith("paper"):
+        assert model_args.dtype == "bfloat16" and training_args.gradient_checkpointing
+        assert "open_llama_7b" in (args.text_model or model_args.model_name_or_path or "open_llama_7b")

@@ -1,0 +1,56 @@
+"""The `rrg` command: one entry point for data, training, evaluation, analyses, export and the demo.
+
+```
+rrg demo      [--output-dir outputs/demo] [--quick]         the main job on the synthetic benchmark
+rrg data      --out DIR [--num-train N ...]                 generate the synthetic benchmark
+rrg train     --config RECIPE.yaml [--field value ...]      stage 1 or 2 (trl SFTTrainer; torchrun-able)
+rrg evaluate  --model DIR --data DATA --output-dir DIR      generate + BLEU/METEOR/ROUGE-L/CIDEr + clinical efficacy
+rrg analyze   --model DIR --data DATA --output-dir DIR      soft-prompt and attention analyses
+rrg export    MODEL_DIR OUTPUT_DIR                          Hub-ready folder (merged, remote code, model card)
+rrg push      FOLDER REPO_ID [--private] [--dry-run]        upload to the Hugging Face Hub
+```
+Each sub-command has its own `--help`.
+"""
+
+import importlib
+import sys
+
+
+__all__ = ["COMMANDS", "main"]
+
+# command -> (module, function, one-line help)
+COMMANDS = {
+    "demo": ("training.demo", "main", "Run the whole pipeline on the synthetic benchmark (what `make demo` runs)."),
+    "data": ("training.synthetic", "main", "Generate the synthetic chest X-ray benchmark."),
+    "train": ("training.train", "main", "Train stage 1 (projector) or stage 2 (LoRA/full + projector)."),
+    "evaluate": ("training.evaluate", "main", "Generate reports for a split and score them."),
+    "analyze": ("training.analysis", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
+    "export": ("training.export", "export_main", "Make a Hub-ready folder from a trained one."),
+    "push": ("training.export", "push_main", "Upload an exported folder to the Hugging Face Hub."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: rrg <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run `rrg <command> --help` for the options of a command."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.stderr.write(f"rrg: unknown command {command!r}.\n\n" + _usage())
+        return 2
+    module_name, function, _ = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    result = getattr(module, function)(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
