@@ -111,4 +111,7 @@ def test_shipped_recipes_parse(name):
         assert model_args.use_peft
     if name.startswith("paper"):
         assert model_args.dtype == "bfloat16" and training_args.gradient_checkpointing
-        assert "open_llama_7b" in (args.text_model or model_args.model_name_or_path or "open_llama_7b")
+        if args.stage == 1:
+            assert args.text_model == "openlm-research/open_llama_7b"
+        else:
+            assert model_args.model_name_or_path == "outputs/paper/stage1"
