@@ -174,6 +174,16 @@ def test_feature_cache_gives_the_same_loss_as_the_encoder(workspace, stage1, tmp
     assert FeatureCache(tmp_path / "cache", model, processor).dir != cache.dir
 
 
+def test_feature_cache_is_shared_by_stage1_and_stage2(workspace, tmp_path):
+    cache = tmp_path / "features"
+    run(recipe(workspace, tmp_path / "c1", max_steps=1, feature_cache_dir=str(cache)))
+    entries = {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")}
+    assert len(entries) == 56  # 48 train + 8 validation images
+    run(recipe(workspace, tmp_path / "c2", stage=2, model_name_or_path=str(tmp_path / "c1"), use_peft=True,
+               max_steps=1, feature_cache_dir=str(cache)))
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")} == entries  # reused, none rewritten
+
+
 def test_training_with_feature_cache_matches_training_without(workspace, stage1, tmp_path):
     common = dict(stage=2, model_name_or_path=str(stage1), use_peft=True, lora_r=2, max_steps=3, save_steps=100)
     a = run(recipe(workspace, tmp_path / "nocache", **common))

@@ -24,16 +24,25 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureCache", "encoder_fingerprint"]
 
 
+_PREPROCESSING_KEYS = ("size", "crop_size", "do_resize", "do_center_crop", "resample", "do_rescale", "rescale_factor",
+                       "do_normalize", "image_mean", "image_std", "do_convert_rgb", "do_pad")
+
+
 def encoder_fingerprint(model, processor) -> str:
     """Hash of everything that determines the cached features: encoder weights, feature settings, preprocessing."""
     digest = hashlib.sha256()
     config = model.config
+    # Only what changes the numbers: bookkeeping fields (names, versions, architectures) differ between a model
+    # assembled from backbones and the same model reloaded from its folder, and must not invalidate the cache.
+    preprocessing = processor.image_processor.to_dict()
     settings = {
-        "vision_config": config.vision_config.to_dict(),
+        "vision_model_type": config.vision_config.model_type,
+        "image_size": config.vision_config.image_size,
+        "patch_size": config.vision_config.patch_size,
         "vision_feature_layer": config.vision_feature_layer,
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
         "num_visual_tokens": config.num_visual_tokens,
-        "image_processor": processor.image_processor.to_dict(),
+        "image_processor": {k: preprocessing.get(k) for k in _PREPROCESSING_KEYS},
     }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.model.vision_tower.state_dict().items()):
