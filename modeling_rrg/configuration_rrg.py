@@ -99,6 +99,9 @@ class RRGConfig(PretrainedConfig):
 
     model_type = "rrg"
     sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    # `RRGConfig()` alone is not a valid model (the default image token lies outside the default vocabulary). Saying
+    # so stops older transformers (5.0-5.x) from building a default instance when serialising or printing a config.
+    has_no_defaults_at_init = True
 
     def __init__(
         self,

@@ -255,6 +255,8 @@ class RRGProcessor(ProcessorMixin):
         truncation: bool = False,
         max_length: int | None = None,
         return_tensors: str | None = "pt",
+        videos=None,
+        audio=None,
         **kwargs,
     ) -> BatchFeature:
         r"""
@@ -271,11 +273,14 @@ class RRGProcessor(ProcessorMixin):
                 precomputed `image_features` instead (a frozen-encoder feature cache); the prompt is built for them.
             padding, padding_side, truncation, max_length, return_tensors: as for the tokenizer. Truncation only
                 ever cuts the report; a `max_length` that would cut the prompt (and its image tokens) is an error.
+            videos, audio: Not supported; accepted (as `None`) because `apply_chat_template` always passes them.
 
         Returns:
             [`BatchFeature`] with `input_ids`, `attention_mask`, `pixel_values` `(studies, views, C, H, W)`,
             `num_views` `(studies,)` and, with a report, `labels`.
         """
+        if videos is not None or audio is not None:
+            raise ValueError("rrg reads chest X-ray images only; pass no `videos` or `audio`.")
         if report is not None and suffix is not None:
             raise ValueError("Pass the target as `report=` or `suffix=`, not both.")
         report = report if report is not None else suffix
