@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .fileio import write_json_atomic, write_text_atomic
+
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +127,6 @@ def score_predictions(predictions: list[dict], labeler=None, tokenization: str =
     return {**nlg, "nlg_text_cleaning": clean or "none", "clinical_efficacy": ce}
 
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
              generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
@@ -166,8 +162,8 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     })
     from .scoring import metrics_to_markdown
 
-    _write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
-    _write_atomic(output_dir / "metrics.md", metrics_to_markdown(metrics))
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    write_text_atomic(output_dir / "metrics.md", metrics_to_markdown(metrics))
     logger.info("Metrics written to %s", output_dir / "metrics.json")
     return metrics
 

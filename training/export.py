@@ -30,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .fileio import replace_dir
 from .loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
 
 
@@ -471,13 +472,7 @@ def export_model(
         card.save(tmp / "README.md")
         _check_export(tmp, keep_adapter)
         del model, base
-        if output_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
-            os.replace(output_dir, old / "export")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
+        replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

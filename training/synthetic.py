@@ -58,6 +58,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
+from .fileio import replace_dir
 
 __all__ = [
     "FINDING_NAMES",
@@ -955,13 +956,7 @@ def generate_synthetic_dataset(
             json.dump(annotation, fh, indent=1)
             fh.write("\n")
         elapsed = time.perf_counter() - start_time
-        if output_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, trash / "old")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
+        replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .fileio import replace_dir, write_json_atomic
+
 
 logger = logging.getLogger(__name__)
 
@@ -326,22 +328,6 @@ def count_parameters(model) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- outputs
-def _atomic_replace_dir(tmp: Path, final: Path):
-    if final.exists():
-        old = final.with_name(final.name + f".old-{int(time.time())}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def _write_json_atomic(path: Path, payload: dict):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
     from .loading import COMPLETE_MARKER
 
@@ -349,9 +335,9 @@ def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    _write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
+    write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
                                                "base_models": dict(base_models)})
-    _atomic_replace_dir(tmp, folder)
+    replace_dir(tmp, folder)
     return folder.resolve()
 
 
@@ -370,8 +356,8 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
         model.peft_config["default"].base_model_name_or_path = summary["base_models"]["init"]
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    _write_json_atomic(tmp / COMPLETE_MARKER, summary)
-    _atomic_replace_dir(tmp, final)
+    write_json_atomic(tmp / COMPLETE_MARKER, summary)
+    replace_dir(tmp, final)
     if isinstance(model, PeftModel) and args.merge_adapter:
         from .loading import load_trained
 
@@ -380,8 +366,8 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
         shutil.rmtree(mtmp, ignore_errors=True)
         merged.save_pretrained(mtmp)
         merged_processor.save_pretrained(mtmp)
-        _write_json_atomic(mtmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
-        _atomic_replace_dir(mtmp, out / "merged")
+        write_json_atomic(mtmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
+        replace_dir(mtmp, out / "merged")
     return final
 
 
