@@ -7,6 +7,7 @@ from .modeling_rrg import (
     RRGMultiModalProjector,
     RRGPreTrainedModel,
 )
+from .pipeline_rrg import RadiologyReportGenerationPipeline  # registers the "radiology-report-generation" task
 from .processing_rrg import RRGProcessor
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "RRGMultiModalProjector",
     "RRGPreTrainedModel",
     "RRGProcessor",
+    "RadiologyReportGenerationPipeline",
 ]
 
 
