@@ -115,3 +115,40 @@ def test_shipped_recipes_parse(name):
             assert args.text_model == "openlm-research/open_llama_7b"
         else:
             assert model_args.model_name_or_path == "outputs/paper/stage1"
+
+
+def test_evaluate_cli_on_a_saved_adapter_folder_with_beam_search_and_bertscore(setup, tmp_path):
+    """The command as a user runs it: a LoRA folder (merged on load), beam search, a local BERTScore model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertModel
+
+    from training.loading import COMPLETE_MARKER
+    from training.train import lora_target_regex
+
+    root, data, model, processor = setup
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    (base / COMPLETE_MARKER).write_text(json.dumps({"stage": 1}))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=lora_target_regex("llama"),
+                                                  modules_to_save=["multi_modal_projector"]))
+    peft_model.peft_config["default"].base_model_name_or_path = str(base)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    processor.save_pretrained(adapter)
+    peft_model.unload()
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=len(processor.tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(bert)
+    processor.tokenizer.save_pretrained(bert)
+
+    from training.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(adapter), "--data", str(data), "--output-dir", str(out),
+                 "--num-beams", "2", "--max-new-tokens", "6", "--repetition-penalty", "1.2", "--no-meteor",
+                 "--bertscore-model", str(bert), "--max-samples", "4"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["generation"]["num_beams"] == 2 and metrics["generation"]["repetition_penalty"] == 1.2
+    assert metrics["num_samples"] == 4 and 0.0 <= metrics["BERTScore-F1"] <= 1.0
+    assert "METEOR" not in metrics

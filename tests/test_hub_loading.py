@@ -45,6 +45,10 @@ base = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
 with torch.no_grad():
     hidden = base(**{{k: v for k, v in batch.items() if k != "labels"}}).last_hidden_state
 assert torch.allclose(model.lm_head(hidden), logits)
+from transformers import AutoModelForCausalLM
+causal = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True).eval()
+with torch.no_grad():
+    assert torch.equal(causal(**batch).logits, logits)
 print("OK", type(model).__name__)
 """
 

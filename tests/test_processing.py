@@ -39,6 +39,8 @@ def test_bad_images_are_clear_errors(tmp_path, tiny):
         to_pil_image(bad)
     with pytest.raises(ValueError, match="shape"):
         to_pil_image(np.zeros((4, 4, 5), dtype=np.uint8))
+    with pytest.raises(ValueError, match="Unsupported image mode 'HSV'"):
+        to_pil_image(Image.new("HSV", (8, 8)))
     with pytest.raises(TypeError, match="Unsupported image type"):
         to_pil_image({"not": "an image"})
     with pytest.raises(ValueError, match="empty image list"):

@@ -130,7 +130,7 @@ def score_predictions(predictions: list[dict], labeler=None, tokenization: str =
 def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
              generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
-             model=None, processor=None) -> dict:
+             model=None, processor=None, bertscore_model=None) -> dict:
     """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
     from .labeler import get_labeler
     from .loading import load_trained, resolve_model_dir
@@ -154,6 +154,11 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     labeler_obj = get_labeler(labeler, **(labeler_kwargs or {}))
     metrics = score_predictions(predictions, labeler=labeler_obj, tokenization=tokenization, clean=clean,
                                 meteor=meteor)
+    if bertscore_model:
+        from .scoring import compute_bertscore
+
+        metrics.update(compute_bertscore([r["prediction"] for r in predictions],
+                                         [r["reference"] for r in predictions], bertscore_model))
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "split": split, "num_samples": len(predictions),
@@ -189,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", default="mimic", choices=["mimic", "iu", "none"],
                    help="R2Gen-style cleaning of both sides before the NLG metrics (clinical efficacy uses raw text).")
     p.add_argument("--no-meteor", action="store_true")
+    p.add_argument("--bertscore-model", default=None,
+                   help="Local encoder checkpoint folder for BERTScore (optional; nothing is downloaded).")
     p.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="Control: give each study another study's images.")
     return p
@@ -208,7 +215,8 @@ def main(argv=None) -> int:
                        max_samples=a.max_samples, generation_kwargs=generation, labeler=a.labeler,
                        labeler_kwargs=labeler_kwargs, tokenization=a.tokenization,
                        clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor,
-                       image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images)
+                       image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images,
+                       bertscore_model=a.bertscore_model)
     from .scoring import metrics_to_markdown
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")
