@@ -214,6 +214,9 @@ def test_interrupted_run_resumes_to_the_same_result(workspace, tmp_path, monkeyp
     out = tmp_path / "resumed"
     assert (out / "checkpoint-3").is_dir()
     assert not (out / "model").exists(), "a crashed run must not leave a model folder that looks complete"
+    stage2_on_crashed = recipe(workspace, tmp_path / "on-crashed", stage=2, model_name_or_path=str(out), use_peft=True)
+    with pytest.raises(ValueError, match="did not finish"):
+        run(stage2_on_crashed)
     monkeypatch.setattr(trl.SFTTrainer, "training_step", original)
     resumed = run(interrupted, "--resume_from_checkpoint", "last")
     a, b = weights(straight), weights(resumed)

@@ -30,6 +30,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise FileNotFoundError(f"Model folder not found: {path}")
     if (path / "model").is_dir() and not (path / "config.json").exists() and not is_adapter_dir(path):
         path = path / "model"
+    if not (path / "config.json").exists() and not is_adapter_dir(path) and any(path.glob("checkpoint-*")):
+        raise ValueError(
+            f"Training in {path} did not finish: it has checkpoints but no model/ folder. Resume it with "
+            "`--resume_from_checkpoint last` (same command and output_dir) before using its output."
+        )
     if not (path / "config.json").exists() and not is_adapter_dir(path):
         raise FileNotFoundError(
             f"{path} holds no model (no config.json or adapter_config.json); point at a stage output folder "

@@ -101,7 +101,6 @@ class RRGScriptArguments:
         default=None, metadata={"help": "Cache frozen-encoder features here (reused across epochs and stages)."}
     )
     merge_adapter: bool = field(default=False, metadata={"help": "Stage 2 LoRA: also write a merged model to merged/."})
-    image_size: int | None = field(default=None, metadata={"help": "Informational; images are resized by the processor."})
 
 
 def lora_target_regex(text_model_type: str, include_mlp: bool = False) -> str:
@@ -213,7 +212,7 @@ def build_model_and_processor(args: RRGScriptArguments, model_args, dtype=None):
     """
     from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
 
-    from .loading import COMPLETE_MARKER, load_trained, resolve_model_dir
+    from .loading import load_trained, resolve_model_dir
 
     quantization = _quantization_config(model_args)
     if model_args.model_name_or_path:
@@ -223,9 +222,7 @@ def build_model_and_processor(args: RRGScriptArguments, model_args, dtype=None):
                 f"model_name_or_path={source} does not exist. For stage 2 point it at stage 1's output folder "
                 "(e.g. outputs/demo/stage1), or drop it and set vision_model + text_model to start from the backbones."
             )
-        folder = resolve_model_dir(source)
-        if not (folder / COMPLETE_MARKER).exists() and (folder.parent / "trainer_state.json").exists():
-            raise ValueError(f"{folder} was not finished (no {COMPLETE_MARKER}); resume or re-run that stage first.")
+        folder = resolve_model_dir(source)  # refuses a stage folder whose run did not finish
         if quantization is not None:
             model = RRGForConditionalGeneration.from_pretrained(folder, quantization_config=quantization, dtype=dtype)
             processor = RRGProcessor.from_pretrained(folder)
