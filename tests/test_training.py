@@ -71,17 +71,21 @@ def test_stage1_trains_only_the_projector(workspace, tmp_path):
         if got.shape != value.shape:  # embeddings / head grew by the image token: old rows untouched
             got = got[: value.shape[0]]
         assert torch.equal(got, value), key
-    from modeling_rrg import RRGForConditionalGeneration
-
     summary = json.loads((final / "rrg_training.json").read_text())
     assert summary["stage"] == 1 and summary["mode"] == "projector"
     projector_params = sum(v.numel() for k, v in after.items() if "multi_modal_projector" in k)
     assert summary["trainable_parameters"] == projector_params
     assert summary["frozen_parameters"] > 10 * projector_params
-    # the projector moved away from its initialisation: a fresh assembly with the same seed differs
-    fresh = RRGForConditionalGeneration.from_pretrained(final)
-    assert any("multi_modal_projector" in k for k in after)
-    assert fresh.model.multi_modal_projector.linear_1.weight.abs().sum() > 0
+    # The projector moved away from its initialisation: rebuild the untrained assembly with the run's seed.
+    from transformers import set_seed
+
+    from training.train import build_model_and_processor
+
+    args, training_args, model_args = parse_args(["--config", str(tmp_path / "stage1.yaml")])
+    set_seed(training_args.seed)
+    initial, _, _ = build_model_and_processor(args, model_args)
+    for name, value in initial.model.multi_modal_projector.state_dict().items():
+        assert not torch.equal(value, after[f"model.multi_modal_projector.{name}"]), f"projector {name} did not train"
 
 
 @pytest.fixture(scope="module")
