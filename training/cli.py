@@ -6,8 +6,8 @@ rrg data      --out DIR [--num-train N ...]                 generate the synthet
 rrg train     --config RECIPE.yaml [--field value ...]      stage 1 or 2 (trl SFTTrainer; torchrun-able)
 rrg evaluate  --model DIR --data DATA --output-dir DIR      generate + BLEU/METEOR/ROUGE-L/CIDEr + clinical efficacy
 rrg analyze   --model DIR --data DATA --output-dir DIR      soft-prompt and attention analyses
-rrg export    MODEL_DIR OUTPUT_DIR                          Hub-ready folder (merged, remote code, model card)
-rrg push      FOLDER REPO_ID [--private] [--dry-run]        upload to the Hugging Face Hub
+rrg export    MODEL_DIR --output-dir DIR [--metrics EVAL]   Hub-ready folder (merged, remote code, model card)
+rrg push      FOLDER --repo-id ORG/NAME [--private] [--dry-run]   upload to the Hugging Face Hub
 ```
 Each sub-command has its own `--help`.
 """
