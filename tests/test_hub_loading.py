@@ -156,3 +156,43 @@ def test_from_pretrained_backbones_takes_the_vision_half_of_a_dual_encoder(tmp_p
     actual = {k.removeprefix("vision_model."): v for k, v in actual.items()}
     assert len(expected) > 10
     _assert_same_tensors(dict(expected), actual, "CLIP vision half")
+
+
+def _llama_style_tokenizer(folder):
+    """A SentencePiece-style (Metaspace '▁') LlamaTokenizer with no pad token, as OpenLLaMA ships, trained offline."""
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import LlamaTokenizer
+
+    texts = ["The heart size is normal.", "Small left pleural effusion. No pneumothorax.", "Report: lungs clear.",
+             "Generate a comprehensive and detailed diagnosis report for this chest X-ray image."] * 5
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator(texts, vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"])
+    model = json.loads(trainer._tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=merges)
+    assert tokenizer.pad_token is None
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def test_openllama_style_sentencepiece_tokenizer_without_pad_token(tmp_path):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    plain = _llama_style_tokenizer(tmp_path / "text")
+    AutoModelForCausalLM.from_config(tiny_text_config("llama", vocab_size=len(plain))).save_pretrained(tmp_path / "text")
+    save_backbone(AutoModel.from_config(tiny_vision_config("vit")), tmp_path / "vision",
+                  image_processor=tiny_image_processor())
+    processor = RRGProcessor.from_pretrained_backbones(tmp_path / "vision", tmp_path / "text", image_seq_length=16)
+    assert processor.tokenizer.pad_token is not None  # set (to EOS) so batches can be padded
+    model = RRGForConditionalGeneration.from_pretrained_backbones(
+        tmp_path / "vision", tmp_path / "text", image_token_id=processor.image_token_id,
+        vocab_size=len(processor.tokenizer))
+    reports = ["The heart size is normal.", "Small left pleural effusion. No pneumothorax."]
+    batch = processor(images=[[xray(0)], [xray(1)]], report=reports)
+    for i, report in enumerate(reports):
+        target = batch["labels"][i][batch["labels"][i] != -100]
+        assert processor.tokenizer.decode(target, skip_special_tokens=True).strip() == report
+        assert processor.batch_decode(batch["input_ids"][i : i + 1])[0] == report
+    assert torch.isfinite(model(**batch).loss)
+    out = model.generate(**processor(images=[[xray(0)], [xray(1)]], padding_side="left"), max_new_tokens=4)
+    assert out.shape[0] == 2
