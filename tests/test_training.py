@@ -260,3 +260,16 @@ def test_ddp_two_cpu_processes(workspace, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "model" / "rrg_training.json").read_text())
     assert summary["world_size"] == 2
     assert summary["global_step"] == 2
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradient_checkpointing_gives_the_same_training(workspace, stage1, tmp_path, stage):
+    """The GPU recipes turn gradient checkpointing on; it must train exactly like the plain run."""
+    common = dict(max_steps=2, save_steps=100, lora_dropout=0.0, use_peft=stage == 2, stage=stage)
+    if stage == 2:
+        common["model_name_or_path"] = str(stage1)
+    plain = run(recipe(workspace, tmp_path / "plain", gradient_checkpointing=False, **common))
+    checkpointed = run(recipe(workspace, tmp_path / "ckpt", gradient_checkpointing=True, **common))
+    a, b = (json.loads((p / "rrg_training.json").read_text()) for p in (plain, checkpointed))
+    assert (a["gradient_checkpointing"], b["gradient_checkpointing"]) == (False, True)
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

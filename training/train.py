@@ -456,6 +456,7 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
         "train_loss": result.training_loss,
         "eval": eval_metrics,
         "global_step": trainer.state.global_step,
+        "gradient_checkpointing": _checkpointing_active(trainer.model),
         "world_size": state.num_processes,
         "runtime_seconds": round(time.time() - start, 1),
         "versions": _versions(),
@@ -466,6 +467,12 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
         logger.info("Stage %d done: %s", args.stage, final)
     state.wait_for_everyone()
     return final or Path(training_args.output_dir) / "model"
+
+
+def _checkpointing_active(model) -> bool:
+    """Whether gradient checkpointing is really on in the LLM (not only requested)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return any(getattr(m, "gradient_checkpointing", False) for m in base.modules() if m is not base)
 
 
 def _resolve_dtype(value):
