@@ -196,3 +196,23 @@ def test_openllama_style_sentencepiece_tokenizer_without_pad_token(tmp_path):
     assert torch.isfinite(model(**batch).loss)
     out = model.generate(**processor(images=[[xray(0)], [xray(1)]], padding_side="left"), max_new_tokens=4)
     assert out.shape[0] == 2
+
+
+def test_from_pretrained_backbones_in_bfloat16(tmp_path):
+    """The paper recipe loads both backbones in bfloat16; the projector follows and a forward pass works."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from training.tiny import train_bpe_tokenizer
+
+    plain = train_bpe_tokenizer(image_token="<unused>")
+    save_backbone(AutoModel.from_config(tiny_vision_config("siglip")), tmp_path / "vision",
+                  image_processor=tiny_image_processor())
+    save_backbone(AutoModelForCausalLM.from_config(tiny_text_config("qwen2", vocab_size=len(plain))),
+                  tmp_path / "text", tokenizer=plain)
+    processor = RRGProcessor.from_pretrained_backbones(tmp_path / "vision", tmp_path / "text", image_seq_length=4)
+    model = RRGForConditionalGeneration.from_pretrained_backbones(
+        tmp_path / "vision", tmp_path / "text", image_token_id=processor.image_token_id,
+        vocab_size=len(processor.tokenizer), dtype=torch.bfloat16, num_visual_tokens=4)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    out = model(**processor(images=[[xray(0), xray(1)]], report="Normal."))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
