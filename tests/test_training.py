@@ -249,10 +249,15 @@ def test_clear_errors_for_bad_recipes(workspace, tmp_path):
 
 
 def test_ddp_two_cpu_processes(workspace, tmp_path):
+    import socket
+
     path = recipe(workspace, tmp_path / "ddp", max_steps=2, save_steps=100, ddp_backend="gloo")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
          "-m", "training.train", "--config", str(path)],
         capture_output=True, text=True, env=env, timeout=600,
     )
