@@ -10,11 +10,11 @@ the backbones (the paper's ablation without stage 1).
 Usage:
 
 ```bash
-rrg train --config recipes/demo_stage1.yaml
-rrg train --config recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
+rrg train --config training/recipes/demo_stage1.yaml
+rrg train --config training/recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
 # data-parallel, same command:
-torchrun --nproc_per_node 2 -m training.train --config recipes/demo_stage1.yaml
-accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml -m training.train --config recipes/paper_stage2.yaml
+torchrun --nproc_per_node 2 -m training.train --config training/recipes/demo_stage1.yaml
+accelerate launch --config_file training/recipes/accelerate/deepspeed_zero2.yaml -m training.train --config training/recipes/paper_stage2.yaml
 ```
 
 Every recipe field can be overridden on the command line (`--learning_rate 1e-4`). Each stage writes checkpoints
