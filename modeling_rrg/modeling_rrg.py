@@ -233,6 +233,11 @@ class RRGModel(RRGPreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(num_valid_views, config.image_seq_length, text_hidden_size)`.
         """
+        selected, _ = self._select_views(pixel_values, num_views, image_features)
+        return self._project_views(selected, from_pixels=pixel_values is not None)
+
+    def _select_views(self, pixel_values, num_views, image_features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate the image inputs; return the real views (sample-then-view order) and the `(batch, views)` mask."""
         if (pixel_values is None) == (image_features is None):
             raise ValueError("Pass exactly one of `pixel_values` or `image_features`.")
         source = pixel_values if pixel_values is not None else image_features
@@ -264,7 +269,10 @@ class RRGModel(RRGPreTrainedModel):
                 )
             valid = torch.arange(views, device=source.device)[None, :] < num_views[:, None]
         selected = source[valid]  # (num_valid_views, ...)
-        if pixel_values is not None:
+        return selected, valid
+
+    def _project_views(self, selected: torch.Tensor, from_pixels: bool) -> torch.Tensor:
+        if from_pixels:
             selected = self.get_vision_features(selected)
         elif selected.shape[-1] != self.config.vision_config.hidden_size:
             raise ValueError(
@@ -329,16 +337,13 @@ class RRGModel(RRGPreTrainedModel):
         if has_images:
             if input_ids is None:
                 raise ValueError("Images need `input_ids` (with image tokens) to know where the visual prompts go.")
-            image_embeds = self.get_image_features(pixel_values, num_views, image_features)
-            batch = input_ids.shape[0]
-            source = pixel_values if pixel_values is not None else image_features
-            views = source.shape[1] if source.dim() == (5 if pixel_values is not None else 4) else 1
-            if num_views is None:
-                per_sample = torch.full((batch,), views, dtype=torch.long, device=input_ids.device)
-            else:
-                per_sample = torch.as_tensor(num_views, device=input_ids.device).view(-1).long()
-            if per_sample.numel() != batch:
-                raise ValueError(f"Got images for {per_sample.numel()} samples but input_ids has {batch} rows.")
+            selected, valid = self._select_views(pixel_values, num_views, image_features)
+            image_embeds = self._project_views(selected, from_pixels=pixel_values is not None)
+            per_sample = valid.sum(dim=1).to(input_ids.device)
+            if per_sample.numel() != input_ids.shape[0]:
+                raise ValueError(
+                    f"Got images for {per_sample.numel()} samples but input_ids has {input_ids.shape[0]} rows."
+                )
             mask = self.get_placeholder_mask(input_ids, image_embeds, per_sample)
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask.unsqueeze(-1).to(inputs_embeds.device),

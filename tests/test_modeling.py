@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import xray
-from modeling_rrg import RRGConfig, RRGForConditionalGeneration
+from modeling_rrg import RRGConfig
 from training.tiny import build_tiny_model, tiny_text_config, tiny_vision_config
 
 
@@ -44,9 +44,14 @@ def test_loss_ignores_masked_positions(tiny):
     relabel[0, 5] = batch["input_ids"][0, 5]  # expose one prompt position
     changed = model(**{**batch, "labels": relabel}).loss
     assert not torch.isclose(base, changed)
-    padded = batch["labels"].clone()
-    padded[batch["attention_mask"] == 0] = -100
-    torch.testing.assert_close(model(**{**batch, "labels": padded}).loss, base)
+    # Left padding sits before the real tokens, masked from attention and loss: whatever tokens it holds, the
+    # loss must not move (it would if the padding were attended to or scored).
+    left = _batch(processor, reports=["The heart size is normal.", "Small left pleural effusion."],
+                  padding_side="left")
+    padding = left["attention_mask"] == 0
+    assert padding.any()
+    other_ids = left["input_ids"].masked_fill(padding, processor.tokenizer.eos_token_id + 7)
+    torch.testing.assert_close(model(**{**left, "input_ids": other_ids}).loss, model(**left).loss)
 
 
 def test_without_image_tokens_logits_equal_bare_language_model(tiny):
@@ -250,4 +255,3 @@ def test_tied_embeddings_follow_text_model_naming(tokenizer):
     # GPT-2 ties by default; its embedding is called `wte`, not `embed_tokens`.
     assert model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() == model.model.language_model.wte.weight.data_ptr()
-    assert isinstance(model, RRGForConditionalGeneration)

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from training.train import RRGDataCollator, main, parse_args, train
+from training.train import RRGDataCollator, parse_args, train
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +149,15 @@ def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
     from training.loading import load_trained
 
     final = run(recipe(workspace, tmp_path / "ablation", stage=2, use_peft=True, lora_r=2, max_steps=2))
+    base = tmp_path / "ablation" / "base"
     config = json.loads((final / "adapter_config.json").read_text())
-    assert Path(config["base_model_name_or_path"]) == (tmp_path / "ablation" / "base").resolve()
-    model, _ = load_trained(final)
-    assert model is not None
+    assert Path(config["base_model_name_or_path"]) == base.resolve()
+    assert json.loads((base / "rrg_training.json").read_text())["stage"] == 0
+    # The adapter loads onto that base and changes it: the trained projector replaces the untrained one.
+    merged, _ = load_trained(final)
+    untrained, _ = load_trained(base)
+    assert not torch.equal(merged.model.multi_modal_projector.linear_1.weight,
+                           untrained.model.multi_modal_projector.linear_1.weight)
 
 
 def test_feature_cache_gives_the_same_loss_as_the_encoder(workspace, stage1, tmp_path):

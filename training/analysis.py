@@ -44,7 +44,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -56,6 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .fileio import write_bytes_atomic, write_text_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -93,22 +94,8 @@ _SENTENCE_END = re.compile(r"[.!?;]\s*$")
 # --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    write_text_atomic(path, text)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -140,7 +127,7 @@ def _save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _pyplot():

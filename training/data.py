@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .chexpert import CHEXPERT_OBSERVATIONS
+from .fileio import write_bytes_atomic
 
 __all__ = [
     "FEATURES",
@@ -641,7 +641,7 @@ def _materialise_image(value: Any, base: Path | None, cache: Path, where: str) -
             suffix = Path(src).suffix.lower() if src and Path(src).suffix.lower() in _IMAGE_SUFFIXES else ".png"
             target = cache / f"{digest}{suffix or '.png'}"
             if not target.is_file():
-                _atomic_write_bytes(target, data)
+                write_bytes_atomic(target, data)
             return target
     if isinstance(value, Image.Image):
         buf = io.BytesIO()
@@ -649,7 +649,7 @@ def _materialise_image(value: Any, base: Path | None, cache: Path, where: str) -
         data = buf.getvalue()
         target = cache / f"{hashlib.sha1(data).hexdigest()}.png"
         if not target.is_file():
-            _atomic_write_bytes(target, data)
+            write_bytes_atomic(target, data)
         return target
     if isinstance(value, (str, os.PathLike)):
         p = Path(value)
@@ -657,14 +657,6 @@ def _materialise_image(value: Any, base: Path | None, cache: Path, where: str) -
             p = base / p
         return p.resolve()
     raise TypeError(f"{where}: unsupported image value of type {type(value).__name__}.")
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, target)
 
 
 def load_hf_dataset(

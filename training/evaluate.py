@@ -134,7 +134,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
     from .labeler import get_labeler
     from .loading import load_trained, resolve_model_dir
-    from .train import RRGScriptArguments, load_splits
+    from .train import RRGScriptArguments, load_splits, split_key
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +144,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     args = RRGScriptArguments(dataset_path=str(data), dataset_format=dataset_format, image_root=image_root,
                               train_split=split, eval_split=None)
     dataset = load_splits(args)
-    key = "validation" if split in ("val", "valid") else split
-    rows = list(dataset[key])
+    rows = list(dataset[split_key(split)])
     if max_samples:
         rows = rows[:max_samples]
     generation_kwargs = dict(generation_kwargs or {})

@@ -74,6 +74,7 @@ class FeatureCache:
         self.fingerprint = encoder_fingerprint(model, processor)
         self.dir = Path(cache_dir) / self.fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._entries: dict = {}
 
     @staticmethod
     def key(path: str | os.PathLike) -> str:
@@ -82,8 +83,12 @@ class FeatureCache:
         return hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
 
     def entry(self, path) -> Path:
-        key = self.key(path)
-        return self.dir / key[:2] / f"{key}.safetensors"
+        # Memoised: the key costs a resolve + stat + hash, and the training loop asks for every image each epoch.
+        entry = self._entries.get(path)
+        if entry is None:
+            key = self.key(path)
+            entry = self._entries[path] = self.dir / key[:2] / f"{key}.safetensors"
+        return entry
 
     def missing(self, paths: Sequence) -> list:
         seen, out = set(), []

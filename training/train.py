@@ -45,6 +45,7 @@ __all__ = [
     "RRGDataCollator",
     "LORA_TARGETS",
     "lora_target_regex",
+    "split_key",
     "load_splits",
     "build_model_and_processor",
     "configure_trainable",
@@ -114,6 +115,13 @@ def lora_target_regex(text_model_type: str, include_mlp: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- data
+def split_key(name: str) -> str:
+    """The DatasetDict key of a split name as users write it ("val" -> "validation"), as the loaders normalise it."""
+    from .data import SPLIT_ALIASES
+
+    return SPLIT_ALIASES.get(name.strip().lower(), name)
+
+
 def load_splits(args: RRGScriptArguments):
     """Load the train / eval splits named by the recipe as a `DatasetDict` of `id`, `image_path`, `report` rows."""
     from . import data
@@ -126,7 +134,7 @@ def load_splits(args: RRGScriptArguments):
         raise ValueError(f"dataset_format must be auto, annotation or hf; got {fmt!r}.")
     annotation = None
     if fmt in ("auto", "annotation"):
-        if path.is_file() and path.suffix == ".json" and fmt == "annotation" or path.name == "annotation.json":
+        if path.name == "annotation.json" or (fmt == "annotation" and path.is_file()):
             annotation = path
         elif path.is_dir() and (path / "annotation.json").is_file():
             annotation = path / "annotation.json"
@@ -143,7 +151,7 @@ def load_splits(args: RRGScriptArguments):
                                        split_column=args.split_column, splits=splits, section=args.report_section,
                                        clean=clean, on_error=args.on_bad_rows, image_root=args.image_root)
     for split in splits:
-        key = "validation" if split in ("val", "valid") else split
+        key = split_key(split)
         if key not in dataset:
             raise ValueError(f"Split {split!r} not found in {args.dataset_path}; it has {list(dataset)}.")
     for name in dataset:
@@ -384,8 +392,8 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
     dtype = _resolve_dtype(model_args.dtype)
     dataset = load_splits(args)
-    train_split = "validation" if args.train_split in ("val", "valid") else args.train_split
-    eval_split = "validation" if args.eval_split in ("val", "valid") else args.eval_split
+    train_split = split_key(args.train_split)
+    eval_split = split_key(args.eval_split) if args.eval_split else None
     train_dataset = dataset[train_split]
     eval_dataset = dataset[eval_split] if eval_split else None
     if args.max_train_samples:
@@ -476,11 +484,9 @@ def _checkpointing_active(model) -> bool:
 
 
 def _resolve_dtype(value):
-    if value in (None, "auto", "float32"):
-        return None if value in (None, "auto") else torch.float32
-    if isinstance(value, str):
-        return getattr(torch, value)
-    return value
+    if value in (None, "auto"):
+        return None
+    return getattr(torch, value) if isinstance(value, str) else value
 
 
 def _jsonable(obj):
