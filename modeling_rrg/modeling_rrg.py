@@ -14,6 +14,7 @@ returning `last_hidden_state` and an `RRGForConditionalGeneration` adding the LM
 `SFTTrainer` expects of a vision-language model.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -185,7 +186,12 @@ class RRGModel(RRGPreTrainedModel):
                 "grayscale X-rays are converted to RGB by RRGProcessor."
             )
         dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=True, return_dict=True)
+        # A frozen encoder needs no autograd graph: without this, `enable_input_require_grads` (which peft and trl call
+        # with gradient checkpointing) hooks the encoder's patch embeddings too, so every step would keep the
+        # encoder's activations and run its backward for gradients nobody uses.
+        frozen = not pixel_values.requires_grad and not any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            outputs = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=True, return_dict=True)
         features = outputs.hidden_states[self.config.vision_feature_layer]
         num_patches = self.config.num_patches
         if self.config.vision_feature_select_strategy == "patch":

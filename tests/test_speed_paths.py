@@ -1,0 +1,101 @@
+"""Where rrg does less work than a plain LLaVA + SFTTrainer setup, the results must stay the same."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def _batch(processor, tmp_path, n=2, views=2, seed=0):
+    from training.train import RRGDataCollator
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        paths = []
+        for v in range(views):
+            path = tmp_path / f"s{i}_{v}.png"
+            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+            paths.append(str(path))
+        rows.append({"id": str(i), "image_path": paths, "report": "The heart size is normal. No pleural effusion." * (i + 1)})
+    return rows, RRGDataCollator(processor)(rows)
+
+
+def _stage1(model):
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    model.train()
+    return model
+
+
+def _loss_and_projector_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.model.multi_modal_projector.named_parameters()}
+
+
+def test_frozen_encoder_keeps_no_autograd_graph_and_the_same_loss(tiny, tmp_path):
+    model, processor = tiny
+    _, batch = _batch(processor, tmp_path)
+    _stage1(model)
+    reference_loss, reference_grads = _loss_and_projector_grads(model, batch)
+
+    # What peft / trl do with gradient checkpointing: every sub-model's input embeddings output requires grad,
+    # including the ViT's patch embeddings.
+    model.enable_input_require_grads()
+    seen = {}
+    hook = model.model.vision_tower.register_forward_hook(
+        lambda module, args, output: seen.update(grad=output.last_hidden_state.requires_grad) or None)
+    loss, grads = _loss_and_projector_grads(model, batch)
+    hook.remove()
+    assert seen["grad"] is False  # no activations kept, no encoder backward
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
+    for name in reference_grads:
+        torch.testing.assert_close(grads[name], reference_grads[name], rtol=0, atol=0)
+
+
+def test_trainable_encoder_still_gets_gradients(tiny, tmp_path):
+    model, processor = tiny
+    _, batch = _batch(processor, tmp_path)
+    _stage1(model)
+    model.model.vision_tower.requires_grad_(True)
+    model(**batch).loss.backward()
+    # The patch embeddings are the first thing the gradient has to reach (the pooler and final norm are unused).
+    grads = [p.grad for n, p in model.model.vision_tower.named_parameters() if "embeddings" in n]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_sft_trainer_takes_the_fused_lm_head_path_with_rrg(tiny, tmp_path, peft):
+    """trl scores only label positions through its fused head; rrg's own LM-head forward must not run in training."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from training.train import RRGDataCollator
+
+    model, processor = tiny
+    rows, batch = _batch(processor, tmp_path)
+    _stage1(model)
+    with torch.no_grad():
+        reference = model(**batch).loss  # the model's own loss over full logits
+    peft_config = None
+    if peft:
+        from peft import LoraConfig
+
+        from training.train import lora_target_regex
+
+        peft_config = LoraConfig(r=4, target_modules=lora_target_regex("llama"),
+                                 modules_to_save=["multi_modal_projector"], task_type=None)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=1, report_to=[],
+                     use_cpu=True, save_strategy="no", remove_unused_columns=False, max_length=None,
+                     dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
+                         data_collator=RRGDataCollator(processor), peft_config=peft_config)
+    calls = []
+    hook = model.lm_head.register_forward_hook(lambda *a: calls.append(1) or None)
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    hook.remove()
+    assert calls == []  # the full-vocabulary LM head never ran: trl's fused path did the scoring
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
