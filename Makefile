@@ -28,7 +28,10 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --output benchmarks/results/self.md
+	$(PY) benchmarks/sidebyside.py --json benchmarks/results/sidebyside.json --plot benchmarks/results/sidebyside.png
+	$(PY) benchmarks/epoch.py --json benchmarks/results/epoch.json
+	$(VENV)/bin/rrg plan --config training/recipes/paper_stage2.yaml --json benchmarks/results/plan_paper.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,43 @@
+"""Smoke test: each side-by-side / epoch benchmark runs at its smallest size (no timing assertions)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_sidebyside_smallest(tmp_path):
+    out = _run(["benchmarks/sidebyside.py", "--smoke", "--rounds", "1", "--steps", "2", "--new-tokens", "2",
+                "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")], tmp_path)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert [r["shape"] for r in results] == ["demo-smoke", "encoder_heavy-smoke"]
+    for result in results:
+        assert result["logit_max_abs_diff"] == 0.0  # same weights, same logits: the comparison is like for like
+        for key in ("stage1_step", "stage1_step_cached", "stage2_step", "stage2_step_cached", "peak_memory_stage1",
+                    "peak_memory_stage2", "generate_tokens_per_s_b1", "generate_tokens_per_s_b8",
+                    "time_to_first_token_b1"):
+            assert result[key]["min"] <= result[key]["median"] <= result[key]["max"]
+    assert "stage-1 step" in out and (tmp_path / "r.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_epoch_benchmark_smallest(tmp_path):
+    out = _run(["benchmarks/epoch.py", "--studies", "2", "--width", "64", "--height", "80", "--batch-size", "2",
+                "--json", str(tmp_path / "e.json")], tmp_path)
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert len(result["epoch_s_no_cache"]) == len(result["epoch_s_cache"]) == 2
+    assert "| 2 |" in out
