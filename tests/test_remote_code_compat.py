@@ -137,8 +137,8 @@ def fresh_venv(name: str, requirements: list[str]) -> Path:
 
 
 def record_tested(key: str, value) -> None:
-    _venv_root().parent.mkdir(parents=True, exist_ok=True)
     """Write what this run tested into `hub_cards/tested_versions.json` (file-locked: xdist workers share it)."""
+    _venv_root().parent.mkdir(parents=True, exist_ok=True)
     with open(_venv_root().parent / "tested_versions.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(TESTED.read_text()) if TESTED.exists() else {}
