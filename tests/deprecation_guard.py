@@ -27,6 +27,7 @@ THIRD_PARTY = [
     (r"datetime\.datetime\.utcnow", "raised inside tensorboard / huggingface_hub"),
     (r"pkg_resources", "raised inside third-party imports"),
     (r"Support for non-tuple sequences", "raised inside pycocoevalcap/numpy"),
+    (r"`is_gradient_checkpointing` is deprecated", "trl 1.16 and peft 0.21 read the old property name themselves"),
 ]
 
 
