@@ -74,9 +74,9 @@ def fresh_venv(transformers_version: str) -> Path:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """A stage-2 LoRA run exported merged, the reference batch and logits, images for the card, a Hub cache copy."""
-    from training.export import export_model
-    from training.loading import load_trained
-    from training.tiny import train_bpe_tokenizer
+    from training.release.export import export_model
+    from training.sft.loading import load_trained
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("compat")
     _, stage2 = make_adapter_run(root, train_bpe_tokenizer())
@@ -163,7 +163,7 @@ def test_export_loads_in_fresh_venv(release, version):
 
 
 def test_versions_cover_the_supported_range():
-    from training.export import SUPPORTED_TRANSFORMERS
+    from training.release.export import SUPPORTED_TRANSFORMERS
 
     floor = SUPPORTED_TRANSFORMERS.split(",")[0].removeprefix(">=")
     ceiling = SUPPORTED_TRANSFORMERS.split(",")[1].removeprefix("<")
