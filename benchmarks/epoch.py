@@ -66,9 +66,9 @@ def run(rows: list[dict], tmp: Path, cached: bool, epochs: int, batch_size: int)
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from training.feature_cache import FeatureCache
-    from training.tiny import build_tiny_model, train_bpe_tokenizer
-    from training.train import RRGDataCollator
+    from training.sft.feature_cache import FeatureCache
+    from training.sandbox.tiny import build_tiny_model, train_bpe_tokenizer
+    from training.sft.train import RRGDataCollator
 
     model, processor = build_tiny_model(tokenizer=train_bpe_tokenizer(vocab_size=600), image_size=64, patch_size=16,
                                         hidden_size=96, num_layers=3, num_heads=4, max_views=1)

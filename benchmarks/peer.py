@@ -83,7 +83,7 @@ def build_pair(shape: Shape, tokenizer=None, seed: int = 0):
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from modeling_rrg import RRGConfig, RRGForConditionalGeneration, RRGProcessor
-    from training.tiny import IMAGE_TOKEN, tiny_image_processor, train_bpe_tokenizer
+    from training.sandbox.tiny import IMAGE_TOKEN, tiny_image_processor, train_bpe_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else train_bpe_tokenizer(vocab_size=min(shape.vocab_size, 600))
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)

@@ -76,11 +76,14 @@ class _StepTimer:
 def _sft_config(out: Path, shape, steps: int):
     from trl import SFTConfig
 
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+                      else "gradient_checkpointing")
     return SFTConfig(output_dir=str(out), per_device_train_batch_size=shape.batch_size, max_steps=steps,
                      learning_rate=1e-4, lr_scheduler_type="constant", logging_steps=10_000, save_strategy="no",
                      report_to=[], use_cpu=True, dataloader_num_workers=0, max_length=None, disable_tqdm=True,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, seed=0,
-                     gradient_checkpointing=True, bf16=False)  # as the paper recipes (training/recipes/paper_*)
+                     bf16=False, **{_CHECKPOINTING: True})  # as the paper recipes (training/sft/recipes/paper_*)
 
 
 def _trainer(model, collator, rows, shape, out: Path, steps: int, processor):
@@ -101,7 +104,7 @@ def _freeze_for_stage1(model):
 
 
 def _collators(processor, cache):
-    from training.train import RRGDataCollator
+    from training.sft.train import RRGDataCollator
 
     plain = RRGDataCollator(processor)
     cached = RRGDataCollator(processor, feature_cache=cache) if cache is not None else None
@@ -140,7 +143,7 @@ def _rss_kb(field: str) -> int:
 
 def memory_worker(shape_name: str, kind: str, stage: int, rows_dir: str, smoke: bool) -> dict:
     """One model, one training step through SFTTrainer; peak RSS above the RSS just before the step (kB)."""
-    from training.train import RRGDataCollator
+    from training.sft.train import RRGDataCollator
 
     shape = SHAPES[shape_name].smallest() if smoke else SHAPES[shape_name]
     rrg, llava, processor = build_pair(shape)
@@ -175,7 +178,7 @@ def _stage_model(model, stage: int):
 def _lora(model):
     from peft import LoraConfig, get_peft_model
 
-    from training.train import lora_target_regex
+    from training.sft.train import lora_target_regex
 
     model.requires_grad_(False)
     config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=lora_target_regex("llama"),
@@ -200,7 +203,7 @@ def _memory(shape_name: str, stage: int, rows_dir: str, smoke: bool, rounds: int
 # ------------------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def _generation(rrg, llava, processor, rows, rounds: int, new_tokens: int) -> dict:
-    from training.data import load_image
+    from training.data.images import load_image
 
     rrg.eval()
     llava.eval()
@@ -246,7 +249,7 @@ def _time_stage(stage, models, collators, rows, shape, tmp, steps, processor, ro
 
 
 def run_shape(shape, tmp: Path, rounds: int, steps: int, smoke: bool, new_tokens: int) -> dict:
-    from training.feature_cache import FeatureCache
+    from training.sft.feature_cache import FeatureCache
 
     rows = make_rows(tmp / "images", shape, max(8, shape.batch_size * (steps + 1)))
     rrg, llava, processor = build_pair(shape)

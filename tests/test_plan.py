@@ -3,7 +3,7 @@
 import torch
 import yaml
 
-from training.plan import (PlanInputs, build_meta_model, forward_flops, memory_per_gpu, parameter_counts, plan,
+from training.sft.plan import (PlanInputs, build_meta_model, forward_flops, memory_per_gpu, parameter_counts, plan,
                            stage_flops)
 
 
@@ -23,7 +23,7 @@ def _real_counts(recipe):
     from peft import get_peft_model
 
     from modeling_rrg import RRGConfig, RRGForConditionalGeneration
-    from training.train import RRGScriptArguments, configure_trainable, lora_config
+    from training.sft.train import RRGScriptArguments, configure_trainable, lora_config
 
     args = RRGScriptArguments(**{k: v for k, v in recipe.items() if k in RRGScriptArguments.__dataclass_fields__})
     model = RRGForConditionalGeneration(RRGConfig(vision_config=VISION, text_config=TEXT, image_token_id=99,
@@ -95,7 +95,7 @@ def test_stage_flops_and_memory_follow_the_recipe():
 def test_plan_cli_on_the_paper_recipe(tmp_path, capsys):
     from training.cli import main
 
-    assert main(["plan", "--config", "training/recipes/paper_stage2.yaml", "--json", str(tmp_path / "plan.json")]) == 0
+    assert main(["plan", "--config", "training/sft/recipes/paper_stage2.yaml", "--json", str(tmp_path / "plan.json")]) == 0
     out = capsys.readouterr().out
     assert "stage 1" in out and "stage 2" in out and "LLaVA-1.5-7B" in out
     import json

@@ -7,7 +7,7 @@ from PIL import Image
 
 
 def _batch(processor, tmp_path, n=2, views=2, seed=0):
-    from training.train import RRGDataCollator
+    from training.sft.train import RRGDataCollator
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -72,7 +72,7 @@ def test_sft_trainer_takes_the_fused_lm_head_path_with_rrg(tiny, tmp_path, peft)
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from training.train import RRGDataCollator
+    from training.sft.train import RRGDataCollator
 
     model, processor = tiny
     rows, batch = _batch(processor, tmp_path)
@@ -83,7 +83,7 @@ def test_sft_trainer_takes_the_fused_lm_head_path_with_rrg(tiny, tmp_path, peft)
     if peft:
         from peft import LoraConfig
 
-        from training.train import lora_target_regex
+        from training.sft.train import lora_target_regex
 
         peft_config = LoraConfig(r=4, target_modules=lora_target_regex("llama"),
                                  modules_to_save=["multi_modal_projector"], task_type=None)
