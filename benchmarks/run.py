@@ -1,6 +1,6 @@
 """Speed and memory benchmarks (CPU). Results go to BENCHMARKS.md; targets live here, never in tests.
 
-    make benchmark          # or: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py [--output BENCHMARKS.md]
+    make benchmark          # or: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py [--output benchmarks/results/self.md]
 
 Measures, on the demo-size architecture (ViT 64 px / 16 px patches, 3 layers, hidden 96; LLaMA 3 layers, hidden 96):
 synthetic data generation, stage-2 training steps with images vs with the frozen-encoder feature cache, generation
@@ -133,7 +133,7 @@ def render(results: dict, command: str) -> str:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "self.md"))  # BENCHMARKS.md cites it
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     results = {}
@@ -145,7 +145,9 @@ def main(argv=None) -> int:
         results.update(bench_generation(tmp, model, processor))
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     text = render(results, "make benchmark")
-    Path(args.output).write_text(text)
+    from training.fileio import write_text_atomic
+
+    write_text_atomic(args.output, text)
     sys.stdout.write(text)
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
     return 0

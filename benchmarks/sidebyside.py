@@ -248,9 +248,8 @@ def _time_stage(stage, models, collators, rows, shape, tmp, steps, processor, ro
             f"stage{stage}_step_cached": _ratios(times["rrg_cached"], times["llava"])}
 
 
-def run_shape(shape, tmp: Path, rounds: int, steps: int, smoke: bool, new_tokens: int) -> dict:
-    from training.sft.feature_cache import FeatureCache
-
+def run_shape(shape, tmp: Path, rounds: int, steps: int, smoke: bool, new_tokens: int,
+              parts=("generation", "training", "memory"), save=None) -> dict:
     rows = make_rows(tmp / "images", shape, max(8, shape.batch_size * (steps + 1)))
     rrg, llava, processor = build_pair(shape)
     plain, _, for_llava = _collators(processor, None)
@@ -264,7 +263,27 @@ def run_shape(shape, tmp: Path, rounds: int, steps: int, smoke: bool, new_tokens
     logger.info("%s: logits equal (max diff %.2g); encoder share of forward FLOPs %.1f%%", shape.name,
                 result["logit_max_abs_diff"], 100 * result["flops"]["encoder_share"])
 
-    result.update(_generation(rrg, llava, processor, rows, rounds, new_tokens))
+    save = save or (lambda r: None)  # called with the partial result after each part (long runs keep what they got)
+    if "generation" in parts:
+        result.update(_generation(rrg, llava, processor, rows, rounds, new_tokens))
+        save(result)
+    if "training" in parts:
+        _training(result, rrg, llava, processor, rows, shape, tmp, steps, rounds)
+        save(result)
+    del rrg, llava
+    gc.collect()
+    if "memory" in parts:
+        for stage in (1, 2):
+            result[f"peak_memory_stage{stage}"] = _memory(shape.name.removesuffix("-smoke"), stage,
+                                                          str(tmp / "images"), smoke, max(1, rounds - 1))
+            save(result)
+    return result
+
+
+def _training(result, rrg, llava, processor, rows, shape, tmp, steps, rounds):
+    from training.sft.feature_cache import FeatureCache
+
+    plain, _, for_llava = _collators(processor, None)
 
     cache = FeatureCache(tmp / "features", rrg, processor)
     cache.precompute([p for r in rows for p in r["image_path"]])
@@ -278,12 +297,6 @@ def run_shape(shape, tmp: Path, rounds: int, steps: int, smoke: bool, new_tokens
     rrg_peft, llava_peft = _lora(rrg), _lora(llava)
     result.update(_time_stage(2, {"rrg": rrg_peft, "rrg_cached": rrg_peft, "llava": llava_peft}, collators, rows,
                               shape, tmp, steps, processor, rounds))
-    del rrg_peft, llava_peft, rrg, llava
-    gc.collect()
-
-    for stage in (1, 2):
-        result[f"peak_memory_stage{stage}"] = _memory(shape.name.removesuffix("-smoke"), stage, str(tmp / "images"), smoke, max(1, rounds - 1))
-    return result
 
 
 LABELS = {
@@ -366,6 +379,8 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--smoke", action="store_true", help="Smallest size of each shape (tests).")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--parts", nargs="+", default=["generation", "training", "memory"],
+                        choices=["generation", "training", "memory"])
     parser.add_argument("--plot", default=None, help="Write the ratio chart here (PNG).")
     parser.add_argument("--from-json", nargs="+", help="Only render (and plot) earlier --json outputs.")
     parser.add_argument("--memory-worker", choices=("rrg", "llava"), help=argparse.SUPPRESS)
@@ -387,11 +402,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shapes:
             shape = SHAPES[name].smallest() if args.smoke else SHAPES[name]
-            results.append(run_shape(shape, Path(tmp) / name, args.rounds, args.steps, args.smoke, args.new_tokens))
-            if args.json:  # after each shape, so a long run keeps what it measured
-                from training.fileio import write_json_atomic
+            def save(partial, done=list(results)):
+                if args.json:  # after each part, so a long run on a loaded machine keeps what it measured
+                    from training.fileio import write_json_atomic
 
-                write_json_atomic(Path(args.json), results)
+                    write_json_atomic(Path(args.json), done + [partial])
+
+            results.append(run_shape(shape, Path(tmp) / name, args.rounds, args.steps, args.smoke, args.new_tokens,
+                                     args.parts, save))
     sys.stdout.write(render(results))
     if args.plot:
         plot(results, Path(args.plot))
