@@ -192,7 +192,7 @@ class ReportServer:
                 logger.info("Rejected upload %s: %s", path, err)
                 raise UploadError(
                     f"{path.name} is not an image this app can read (PNG, JPEG, 16-bit PNG or DICOM): "
-                    f"{_short(err)}"
+                    f"{_short(str(err).replace(str(path), path.name))}"  # no server paths in the page
                 ) from None
         return views
 
@@ -286,7 +286,7 @@ def _path(file) -> str:
     return os.fspath(file) if isinstance(file, (str, os.PathLike)) else str(getattr(file, "name", file))
 
 
-def _short(err: BaseException, limit: int = 200) -> str:
+def _short(err: BaseException | str, limit: int = 200) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
