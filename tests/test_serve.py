@@ -292,6 +292,22 @@ def test_upload_generate_matches_pipeline(open_page, reporter, server, tmp_path)
     page.screenshot("5-beam")
 
 
+def test_example_study_is_one_click_away(open_page, reporter, tmp_path):
+    from training.serve import write_examples
+
+    page = open_page()
+    page.driver.find_element("xpath", "//button[contains(., 'Synthetic study test_000001')]").click()
+    _wait(page.driver, lambda d: "lateral.png" in d.find_element("id", "rrg-files").text.replace("\n", ""),
+          "the example's views")
+    page.generate()
+    assert page.wait_done() == "Done.", page.status()
+    page.screenshot("example")
+    # The same synthetic study, rendered again here (same seed), gets the same report from pipeline().
+    study = write_examples(tmp_path / "examples", count=2)[1]
+    assert study["id"] == "test_000001" and len(study["images"]) == 2
+    assert page.report() == _expected(reporter, study["images"], max_new_tokens=MAX_NEW_TOKENS)
+
+
 def test_two_views_16bit_png_and_dicom(open_page, reporter, tmp_path):
     from test_data import _dicom
 
@@ -413,3 +429,73 @@ def pipeline_for(folder):
     from transformers import pipeline
 
     return pipeline(model=str(folder), trust_remote_code=True)
+
+
+# ------------------------------------------------------------------------------ without the browser
+def test_report_streams_token_by_token(server, reporter, tmp_path):
+    image = _synthetic_xray(tmp_path / "stream.png", index=3)
+    views = server.load_views([image])
+    steps = list(server.stream_report(views))
+    final = _expected(reporter, str(image), max_new_tokens=MAX_NEW_TOKENS)
+    assert steps[-1] == final and len(steps) > 3, steps
+    # Every step extends the one before (the text grows a token at a time).
+    assert all(later.startswith(earlier.rstrip()) for earlier, later in zip(steps[:-2], steps[1:-1])), steps
+    # Beam search cannot stream: one value, the pipeline's report.
+    from training.serve import GenerationSettings
+
+    beam = list(server.stream_report(views, settings=GenerationSettings("beam", 2, 5, 1.2)))
+    assert beam == [_expected(reporter, str(image), num_beams=2, max_new_tokens=5, repetition_penalty=1.2,
+                              do_sample=False)]
+
+
+def test_serves_a_hub_id_from_the_offline_cache(exported, reporter, tmp_path):
+    from test_export import hub_cache
+
+    cache = hub_cache(tmp_path, exported)
+    image = _synthetic_xray(tmp_path / "hub.png", index=6)
+    code = (
+        "import json, sys\n"
+        "from training.serve import ReportServer\n"
+        "server = ReportServer('rrg-org/rrg-tiny')\n"
+        "print(json.dumps(list(server.stream_report(server.load_views([sys.argv[1]])))[-1]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TRANSFORMERS_VERBOSITY": "error",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", code, str(image)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == _expected(reporter, str(image),
+                                                                         max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_settings_and_messages_without_a_model():
+    from training.serve import GenerationSettings, UploadError
+    from training.serve.app import chips_html
+
+    assert GenerationSettings("greedy", 4, 7, 1.1).generate_kwargs() == {
+        "do_sample": False, "num_beams": 1, "max_new_tokens": 7, "repetition_penalty": 1.1}
+    assert GenerationSettings("beam", 4, 7, 1.0).generate_kwargs()["num_beams"] == 4
+    with pytest.raises(UploadError, match="greedy' or 'beam"):
+        GenerationSettings("sample").generate_kwargs()
+    html = chips_html({"Pleural Effusion": 1, "Pneumothorax": 0, "Pneumonia": -1})
+    assert html.index("Pleural Effusion: positive") < html.index("Pneumonia: uncertain") < html.index(
+        "Pneumothorax: negative")
+    assert "<script>" not in chips_html({"<script>": 1})
+
+
+def test_make_demo_prints_the_serve_command(monkeypatch, capsys, tmp_path):
+    from training import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: {"export": str(tmp_path / "export")})
+    monkeypatch.setattr(demo, "summary_table", lambda summary: "")
+    assert demo.main(["--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"serve {tmp_path / 'export'}" in out.splitlines()[-1], out
+
+
+def test_missing_browser_fails_with_the_install_command(monkeypatch, tmp_path):
+    import test_serve
+
+    monkeypatch.setattr(test_serve, "CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium chromium-driver"):
+        test_serve._browser(tmp_path)

@@ -280,6 +280,15 @@ class ReportServer:
 
         return plot_attribution(attribution, path, views=[view])
 
+    @classmethod
+    def heatmap_image(cls, attribution: dict, view: int):
+        """[`~ReportServer.heatmap`] as a PIL image (the page hands it to Gradio, whose cache is cleaned)."""
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="rrg-heatmap-") as folder:
+            with Image.open(cls.heatmap(attribution, view, Path(folder) / "heatmap.png")) as image:
+                return image.convert("RGB")
+
 
 def _path(file) -> str:
     """A path from what Gradio hands over (a path string, or a tempfile-like object with `.name`)."""
@@ -364,9 +373,10 @@ def build_app(server: ReportServer, examples_dir: str | os.PathLike | None = Non
     examples_dir = Path(examples_dir) if examples_dir else Path(tempfile.mkdtemp(prefix="rrg-serve-examples-"))
     examples = write_examples(examples_dir, count=max_examples, lateral=server.max_views > 1) if max_examples else []
     defaults = server.defaults
-    heatmap_dir = Path(tempfile.mkdtemp(prefix="rrg-serve-heatmaps-"))
 
-    with gr.Blocks(title="rrg: chest X-ray report generation", analytics_enabled=False) as app:
+    # delete_cache: uploads and heat maps older than an hour are removed hourly (a Space runs for weeks).
+    with gr.Blocks(title="rrg: chest X-ray report generation", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as app:
         gr.Markdown("# Chest X-ray report generation", elem_id="rrg-title")
         gr.Markdown(BANNER, elem_id="rrg-banner", elem_classes=["rrg-banner"])
         gr.Markdown(f"Model: `{server.name}` — up to {server.max_views} view(s) per study, "
@@ -402,7 +412,8 @@ def build_app(server: ReportServer, examples_dir: str | os.PathLike | None = Non
                 view = gr.Radio([], label="Heat map over view", elem_id="rrg-view", visible=False)
                 gr.Markdown("Attention of each sentence of the report to the chosen view (LLM layers averaged):")
                 # No label badge: it would be drawn over the figure's own title.
-                heatmap = gr.Image(type="filepath", show_label=False, interactive=False, elem_id="rrg-heatmap")
+                heatmap = gr.Image(type="pil", format="png", show_label=False, interactive=False,
+                                   elem_id="rrg-heatmap")
 
         def run(files_value, indication_value, decoding_value, beams_value, tokens_value, penalty_value):
             empty = _Study()
@@ -430,9 +441,9 @@ def build_app(server: ReportServer, examples_dir: str | os.PathLike | None = Non
                     return
                 names = [f"{index}: {Path(_path(f)).name}" for index, f in enumerate(files_value)]
                 study = _Study(attribution=attribution, names=names)
-                path = server.heatmap(attribution, 0, heatmap_dir / f"{id(study)}-0.png")
                 yield ("<div class='rrg-done'>Done.</div>", text, chips_html(labels),
-                       gr.update(choices=names, value=names[0], visible=True), str(path), study)
+                       gr.update(choices=names, value=names[0], visible=True), server.heatmap_image(attribution, 0),
+                       study)
             except UploadError as err:
                 yield _error_html(str(err)), "", "", gr.update(visible=False), None, empty
             except Exception as err:  # the page shows a message; the log keeps the traceback
@@ -445,7 +456,7 @@ def build_app(server: ReportServer, examples_dir: str | os.PathLike | None = Non
                 return gr.update()
             index = study.names.index(name)
             try:
-                return str(server.heatmap(study.attribution, index, heatmap_dir / f"{id(study)}-{index}.png"))
+                return server.heatmap_image(study.attribution, index)
             except Exception as err:
                 logger.exception("Heat map failed")
                 raise gr.Error(f"Could not draw the heat map: {_short(err)}") from None
