@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import io
 import logging
 import os
 import sys
@@ -227,12 +228,15 @@ class ReportServer:
 
             worker = threading.Thread(target=run, name="rrg-generate", daemon=True)
             worker.start()
-            if streamer is not None:
-                text = ""
-                for piece in streamer:
-                    text += piece
-                    yield text.strip()
-            worker.join()
+            try:
+                if streamer is not None:
+                    text = ""
+                    for piece in streamer:
+                        text += piece
+                        yield text.strip()
+            finally:
+                # Also when the page went away mid-report: the lock is held until this generation is over.
+                worker.join()
             if "error" in result:
                 raise result["error"]
             sequences = result["sequences"].cpu()
@@ -324,12 +328,10 @@ def write_examples(folder: str | os.PathLike, image_size: int = 256, count: int 
     Render `count` test studies of the synthetic benchmark (`training.synthetic.generate_study`, the same seeds as
     `rrg data`) as PNGs, for the page's examples. Returns `[{"id", "images", "report"}]`.
     """
+    from PIL import Image
+
     from ..fileio import write_bytes_atomic
     from ..synthetic import generate_study
-
-    import io
-
-    from PIL import Image
 
     folder = Path(folder)
     studies = []
