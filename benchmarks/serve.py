@@ -38,7 +38,7 @@ def bench_serve(tmp: Path, model, processor, repeat: int = 3) -> dict:
     from PIL import Image
 
     from training.serve import ReportServer, launch
-    from training.synthetic import generate_study
+    from training.sandbox.synthetic import generate_study
 
     folder = _save_servable(model, processor, tmp / "servable")
     _, images = generate_study(0, "test", 0, image_size=128)

@@ -46,8 +46,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from test_export import make_full_run
-    from training.export import export_model
-    from training.tiny import train_bpe_tokenizer
+    from training.release.export import export_model
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("serve")
     run = make_full_run(root / "stage1", train_bpe_tokenizer())
@@ -239,7 +239,7 @@ class Page:
 
 
 def _synthetic_xray(path: Path, index: int = 0, bits: int = 8) -> Path:
-    from training.synthetic import generate_study
+    from training.sandbox.synthetic import generate_study
 
     _, images = generate_study(7, "test", index, image_size=96)
     array = images[0].astype(np.uint16) * 16 if bits == 16 else images[0]
@@ -252,7 +252,7 @@ def _expected(reporter, views, **kwargs) -> str:
 
 
 def _labels(report: str) -> dict[str, str]:
-    from training.labeler import RuleBasedLabeler
+    from training.evaluation.labeler import RuleBasedLabeler
 
     names = {1: "positive", 0: "negative", -1: "uncertain"}
     return {k: names[v] for k, v in RuleBasedLabeler().label(report).items() if v is not None}
@@ -311,7 +311,7 @@ def test_example_study_is_one_click_away(open_page, reporter, tmp_path):
 def test_two_views_16bit_png_and_dicom(open_page, reporter, tmp_path):
     from test_data import _dicom
 
-    from training.data import load_image
+    from training.data.images import load_image
 
     png16 = _synthetic_xray(tmp_path / "frontal16.png", index=1, bits=16)
     assert Image.open(png16).mode.startswith("I")
@@ -484,7 +484,7 @@ def test_settings_and_messages_without_a_model():
 
 
 def test_make_demo_prints_the_serve_command(monkeypatch, capsys, tmp_path):
-    from training import demo
+    from training.sandbox import demo
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: {"export": str(tmp_path / "export")})
     monkeypatch.setattr(demo, "summary_table", lambda summary: "")

@@ -1,10 +1,10 @@
 """The browser demo behind `rrg serve MODEL` and a Hub Space's `app.py`: a Gradio page that writes a report.
 
-A user uploads the views of one study (PNG, JPEG, 16-bit PNG or DICOM, read by `training.data.load_image`), may add
+A user uploads the views of one study (PNG, JPEG, 16-bit PNG or DICOM, read by `training.data.images.load_image`), may add
 an indication, and presses *Generate*. The report streams in token by token (transformers' `TextIteratorStreamer`;
 beam search cannot stream, so it shows the report when it is done), then the findings the rule-based CheXpert labeler
-(`training.labeler`) extracts appear as positive / negative / uncertain chips, and the attention heat map of each
-sentence over the view the user picks is drawn by the analysis code (`training.analysis.token_attribution` on the
+(`training.evaluation.labeler`) extracts appear as positive / negative / uncertain chips, and the attention heat map of each
+sentence over the view the user picks is drawn by the analysis code (`training.analysis.report.token_attribution` on the
 report shown, `plot_attribution`). Example studies from the synthetic benchmark are one click away.
 
 The model is loaded exactly as a Hub user loads it: `pipeline(model=NAME, trust_remote_code=True)` with an exported
@@ -139,7 +139,7 @@ class ReportServer:
     def __init__(self, model: str | os.PathLike, device: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB):
         from transformers import pipeline
 
-        from ..labeler import RuleBasedLabeler
+        from ..evaluation.labeler import RuleBasedLabeler
 
         self.name = str(model)
         kwargs = {"device": device} if device is not None else {}
@@ -166,7 +166,7 @@ class ReportServer:
         """Read uploaded files as 8-bit grayscale views; every problem is an `UploadError` naming the file."""
         from PIL import Image
 
-        from ..data import load_image
+        from ..data.images import load_image
 
         paths = [_path(f) for f in (files or [])]
         if not paths:
@@ -268,7 +268,7 @@ class ReportServer:
         teacher-forced on the very tokens of `record` (filled by [`~ReportServer.stream_report`]). `None` when the
         report is empty.
         """
-        from ..analysis import token_attribution
+        from ..analysis.report import token_attribution
 
         eos = self.model.generation_config.eos_token_id
         eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
@@ -279,8 +279,8 @@ class ReportServer:
 
     @staticmethod
     def heatmap(attribution: dict, view: int, path: str | os.PathLike) -> Path:
-        """Draw the heat maps of each sentence over one view (`training.analysis.plot_attribution`)."""
-        from ..analysis import plot_attribution
+        """Draw the heat maps of each sentence over one view (`training.analysis.report.plot_attribution`)."""
+        from ..analysis.report import plot_attribution
 
         return plot_attribution(attribution, path, views=[view])
 
@@ -325,13 +325,13 @@ def _error_html(message: str) -> str:
 def write_examples(folder: str | os.PathLike, image_size: int = 256, count: int = NUM_EXAMPLES,
                    seed: int = 0, lateral: bool = True) -> list[dict]:
     """
-    Render `count` test studies of the synthetic benchmark (`training.synthetic.generate_study`, the same seeds as
+    Render `count` test studies of the synthetic benchmark (`training.sandbox.synthetic.generate_study`, the same seeds as
     `rrg data`) as PNGs, for the page's examples. Returns `[{"id", "images", "report"}]`.
     """
     from PIL import Image
 
     from ..fileio import write_bytes_atomic
-    from ..synthetic import generate_study
+    from ..sandbox.synthetic import generate_study
 
     folder = Path(folder)
     studies = []

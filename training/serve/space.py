@@ -24,12 +24,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SPACE_REQUIREMENTS", "write_space"]
 
-# What the page imports (training.data needs datasets; analysis plots with matplotlib; DICOM needs pydicom).
+# What the page imports (the analysis plots with matplotlib; DICOM needs pydicom).
 SPACE_REQUIREMENTS = (
     "torch>=2.4",
     "transformers>=5.0,<6",
     "gradio>=5",
-    "datasets>=3.0",
     "pillow>=10",
     "numpy>=1.26",
     "pydicom>=2.4",

@@ -30,17 +30,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .data import describe_dataset
-from .fileio import replace_dir
-from .release.tested_versions import load_tested_versions, render_tested_versions
-from .loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
+from ..data.loaders import describe_dataset
+from ..fileio import replace_dir
+from ..sft.loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
+from .tested_versions import load_tested_versions, render_tested_versions
 
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
-    "TEMPLATE_DIR",
+    "TEMPLATE_PACKAGE",
+    "default_card_template",
     "PIPELINE_TASK",
     "collect_run_summaries",
     "read_metrics",
@@ -57,8 +58,10 @@ __all__ = [
 # The transformers range the remote code is tested against (oldest and newest, tests/test_remote_code_compat.py);
 # keep it equal to the `transformers` requirement in pyproject.toml (a test checks that).
 SUPPORTED_TRANSFORMERS = ">=5.0,<6"
-# hub_cards/ sits next to training/ in the repository (the package is installed editable).
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
+# The card template lives in the top-level `hub_cards/` folder, which the wheel ships as a data-only package
+# (pyproject.toml: packages + package-data), so it is found through importlib.resources in an editable install and in
+# a wheel install alike; nothing depends on where training/ sits on disk.
+TEMPLATE_PACKAGE = "hub_cards"
 MODEL_CARD_TEMPLATE = "model_card.jinja"
 PIPELINE_TASK = "radiology-report-generation"
 DEFAULT_LICENSE = "apache-2.0"
@@ -340,6 +343,20 @@ def _max_views(model_dir) -> int:
     return 1
 
 
+def default_card_template() -> Path:
+    """The path of `hub_cards/model_card.jinja` as installed (editable or wheel)."""
+    from importlib.resources import files
+
+    try:
+        resource = files(TEMPLATE_PACKAGE) / MODEL_CARD_TEMPLATE
+    except ModuleNotFoundError as err:
+        raise FileNotFoundError(
+            f"The {TEMPLATE_PACKAGE!r} package (model card template) is not installed; reinstall rrg."
+        ) from err
+    # Packages install as plain folders (editable or wheel), so the resource is a real file path.
+    return Path(str(resource))
+
+
 def render_model_card(context: dict, template_path: str | Path | None = None):
     """
     Render the model card (`huggingface_hub.ModelCard`) from [`build_card_context`]'s output.
@@ -349,12 +366,11 @@ def render_model_card(context: dict, template_path: str | Path | None = None):
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    template_path = Path(template_path) if template_path is not None else TEMPLATE_DIR / MODEL_CARD_TEMPLATE
+    if template_path is None:
+        template_path = default_card_template()
+    template_path = Path(template_path)
     if not template_path.is_file():
-        raise FileNotFoundError(
-            f"Model card template not found at {template_path}; hub_cards/ must sit next to training/ (install the "
-            "project from its repository with `pip install -e .`)."
-        )
+        raise FileNotFoundError(f"Model card template not found at {template_path}; pass the path of a Jinja template.")
     eval_results = None
     if context["nlg_results"] or context["ce_results"]:
         dataset_name = context.get("eval_dataset") or (context["trained_on"] or ["evaluation set"])[0]
@@ -446,7 +462,7 @@ def export_model(
     """
     from modeling_rrg.pipeline_rrg import custom_pipelines_entry
 
-    from .loading import load_trained
+    from ..sft.loading import load_trained
 
     source = resolve_model_dir(model_dir)
     output_dir = Path(output_dir)

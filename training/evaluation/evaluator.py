@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import describe_dataset
-from .fileio import write_json_atomic, write_text_atomic
+from ..data.loaders import describe_dataset
+from ..fileio import write_json_atomic, write_text_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
         predictions_path: JSONL file; rows whose id is already there are skipped (resume).
         batch_size (`int`): Studies per `generate` call (left padding).
         generation_kwargs (`dict`): Passed to `generate` (num_beams, max_new_tokens, repetition_penalty, ...).
-        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.load_image`).
+        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.images.load_image`).
         instruction (`str`, *optional*): Instruction override.
         shuffle_images_seed (`int`, *optional*): Control experiment: pair each study with another study's images
             (a fixed permutation), to measure how much the model reads the images.
@@ -75,7 +75,7 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
         All prediction rows (previously written ones included), in dataset order.
     """
     if image_loader is None:
-        from .data import load_image
+        from ..data.images import load_image
 
         image_loader = load_image
     predictions_path = Path(predictions_path)
@@ -113,7 +113,7 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
 def score_predictions(predictions: list[dict], labeler=None, tokenization: str = "r2gen", clean: str | None = "mimic",
                       meteor: bool = True) -> dict:
     """NLG metrics (on R2Gen-cleaned text by default, as the published tables) and clinical efficacy (raw text)."""
-    from .data import clean_report
+    from ..data.reports import clean_report
     from .scoring import compute_clinical_efficacy, compute_nlg_metrics
 
     preds = [row["prediction"] for row in predictions]
@@ -134,17 +134,15 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
              model=None, processor=None, bertscore_model=None) -> dict:
     """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
     from .labeler import get_labeler
-    from .loading import load_trained, resolve_model_dir
-    from .train import RRGScriptArguments, load_splits, split_key
+    from ..sft.loading import load_trained, resolve_model_dir
+    from ..data.loaders import load_splits, split_key
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, processor = load_trained(model_path, merge=True, device=device)
-    args = RRGScriptArguments(dataset_path=str(data), dataset_format=dataset_format, image_root=image_root,
-                              train_split=split, eval_split=None)
-    dataset = load_splits(args)
+    dataset = load_splits(data, splits=[split], dataset_format=dataset_format, image_root=image_root)
     rows = list(dataset[split_key(split)])
     if max_samples:
         rows = rows[:max_samples]
