@@ -483,6 +483,13 @@ def test_settings_and_messages_without_a_model():
     assert "<script>" not in chips_html({"<script>": 1})
 
 
+def test_cli_errors_on_a_missing_folder(capsys, caplog):
+    from training.cli import main
+
+    assert main(["serve", "no/such/export", "--port", str(_free_port())]) == 2
+    assert "neither a folder nor a Hub model id" in caplog.text
+
+
 def test_make_demo_prints_the_serve_command(monkeypatch, capsys, tmp_path):
     from training.sandbox import demo
 

@@ -31,6 +31,7 @@ import html
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -142,6 +143,9 @@ class ReportServer:
         from ..evaluation.labeler import RuleBasedLabeler
 
         self.name = str(model)
+        if not Path(self.name).exists() and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", self.name):
+            raise ValueError(f"{self.name} is neither a folder nor a Hub model id (org/name); serve an `rrg export` "
+                             "folder (e.g. outputs/demo/export after `make demo`) or a Hub id.")
         kwargs = {"device": device} if device is not None else {}
         # Exactly what the model card tells a Hub user to run; the task comes from config.custom_pipelines.
         self.reporter = pipeline(model=self.name, trust_remote_code=True, **kwargs)
