@@ -9,6 +9,7 @@ rrg analyze   --model DIR --data DATA --output-dir DIR      soft-prompt and atte
 rrg export    MODEL_DIR --output-dir DIR [--metrics EVAL]   Hub-ready folder (merged, remote code, model card)
 rrg push      FOLDER --repo-id ORG/NAME [--private] [--dry-run]   upload to the Hugging Face Hub
 rrg plan      --config RECIPE.yaml [--gpu a100 --mfu 0.4]   parameters, FLOPs, memory and GPU-hours of a GPU recipe
+rrg serve     MODEL [--port 7860] [--write-space DIR]       browser demo (Gradio) of an export or a Hub id
 ```
 Each sub-command has its own `--help`.
 """
@@ -29,6 +30,7 @@ COMMANDS = {
     "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),
     "push": ("training.release.export", "push_main", "Upload an exported folder to the Hugging Face Hub."),
     "plan": ("training.sft.plan", "main", "Estimate a GPU recipe's parameters, FLOPs, memory and GPU-hours (meta device)."),
+    "serve": ("training.serve", "main", "Browser demo (Gradio) of an exported folder or a Hub id."),
 }
 
 
