@@ -12,7 +12,7 @@ Usage:
 ```bash
 rrg train --config training/recipes/demo_stage1.yaml
 rrg train --config training/recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
-# data-parallel, same command:
+# several processes (DDP, FSDP2, DeepSpeed ZeRO-2/3; on CPU too, see training/distributed.py and the README):
 torchrun --nproc_per_node 2 -m training.train --config training/recipes/demo_stage1.yaml
 accelerate launch --config_file training/recipes/accelerate/deepspeed_zero2.yaml -m training.train --config training/recipes/paper_stage2.yaml
 ```
