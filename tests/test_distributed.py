@@ -24,8 +24,6 @@ from helpers import run_isolated
 from test_training import recipe, run, workspace  # noqa: F401  (workspace is a fixture)
 
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = ROOT / "training" / "recipes" / "accelerate"
 # The small learning rate keeps Adam's sign-like first steps from amplifying float reduction-order noise (~1e-7)
@@ -131,6 +129,7 @@ def reference(workspace, tmp_path_factory):  # noqa: F811
     return {"stage1": stage1, "stage2": stage2, "fingerprint": fingerprint}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_two_processes_train_like_one(workspace, reference, tmp_path, backend):  # noqa: F811
     cache = tmp_path / "cache"  # fresh: the features are computed under the backend
@@ -169,3 +168,16 @@ def test_two_processes_train_like_one(workspace, reference, tmp_path, backend): 
     resumed = resumed_dir / "model"
     assert json.loads((resumed / "rrg_training.json").read_text())["global_step"] == 4
     assert_same_weights(stage2, resumed, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_accelerate_cpu_flag_with_several_processes_is_refused(workspace, tmp_path):  # noqa: F811
+    """`accelerate launch --cpu --num_processes 2` starts one process: training must stop, not quietly train once."""
+    config = recipe(workspace, tmp_path / "cpu", per_device_train_batch_size=2, **COMMON)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--main_process_port", _free_port(), "-m", "training.train", "--config", str(config)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0
+    assert "starts a single process" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "cpu" / "model").exists()

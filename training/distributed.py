@@ -71,19 +71,19 @@ def setup(training_args):
             "the missing GPU itself; or use `torchrun --nproc_per_node N -m training.train ...`."
         )
     if world > 1 and not torch.cuda.is_available():
-        if not training_args.use_cpu:
-            logger.info("%d processes and no CUDA device: training data-parallel on CPU (gloo).", world)
-            training_args = dataclasses.replace(training_args, use_cpu=True)
         if training_args.ddp_backend not in (None, "gloo", "mpi"):
             raise ValueError(f"ddp_backend={training_args.ddp_backend!r} needs GPUs; on CPU use gloo (the default).")
         if fsdp_requested(training_args):
-            version = (getattr(training_args, "fsdp_config", None) or {}).get("version") or os.environ.get(
-                "FSDP_VERSION", "1")
+            config = getattr(training_args, "fsdp_config", None) or {}
+            version = config.get("version") or config.get("fsdp_version") or os.environ.get("FSDP_VERSION", "1")
             if str(version) != "2":
                 raise ValueError(
                     "FSDP on CPU runs only as FSDP2 (torch's fully_shard); set fsdp_version: 2 in the accelerate "
                     "config (or fsdp_config: {version: 2})."
                 )
+        if not training_args.use_cpu:
+            logger.info("%d processes and no CUDA device: training data-parallel on CPU (gloo).", world)
+            training_args = dataclasses.replace(training_args, use_cpu=True)
     plugin = getattr(training_args, "deepspeed_plugin", None)
     if plugin is not None:
         zero = plugin.deepspeed_config.get("zero_optimization", {})
