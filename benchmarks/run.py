@@ -4,7 +4,7 @@
 
 Measures, on the demo-size architecture (ViT 64 px / 16 px patches, 3 layers, hidden 96; LLaMA 3 layers, hidden 96):
 synthetic data generation, stage-2 training steps with images vs with the frozen-encoder feature cache, generation
-with and without the KV cache and batched vs one by one, and peak memory.
+with and without the KV cache and batched vs one by one, `rrg serve` latency (benchmarks/serve.py), and peak memory.
 """
 
 import argparse
@@ -29,6 +29,7 @@ TARGETS = {
     "feature_cache_train_speedup": 1.0,  # the demo encoder is tiny; the cache must at least not cost time
     "kv_cache_generation_speedup": 1.5,
     "batched_generation_speedup": 2.0,
+    "serve_stream_vs_pipeline_speed": 0.8,  # streaming to the page may cost at most a quarter of pipeline()'s time
     "peak_rss_mb": 3000.0,
 }
 
@@ -43,7 +44,7 @@ def timed(fn, repeat=3):
 
 
 def bench_synthetic(tmp: Path) -> dict:
-    from training.synthetic import generate_synthetic_dataset
+    from training.sandbox.synthetic import generate_synthetic_dataset
 
     n = 600
     start = time.perf_counter()
@@ -54,7 +55,7 @@ def bench_synthetic(tmp: Path) -> dict:
 
 
 def demo_model():
-    from training.tiny import build_tiny_model, train_bpe_tokenizer
+    from training.sandbox.tiny import build_tiny_model, train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(vocab_size=600)
     model, processor = build_tiny_model(tokenizer=tokenizer, image_size=64, patch_size=16, hidden_size=96,
@@ -65,9 +66,9 @@ def demo_model():
 def bench_training(tmp: Path, model, processor) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from training.data import load_synthetic
-    from training.feature_cache import FeatureCache
-    from training.train import RRGDataCollator, lora_target_regex
+    from training.data.loaders import load_synthetic
+    from training.sft.feature_cache import FeatureCache
+    from training.sft.train import RRGDataCollator, lora_target_regex
 
     rows = list(load_synthetic(tmp / "synthetic")["train"].select(range(16)))
     cache = FeatureCache(tmp / "features", model, processor)
@@ -93,7 +94,8 @@ def bench_training(tmp: Path, model, processor) -> dict:
 
 
 def bench_generation(tmp: Path, model, processor) -> dict:
-    from training.data import load_image, load_synthetic
+    from training.data.images import load_image
+    from training.data.loaders import load_synthetic
 
     model.eval()
     rows = list(load_synthetic(tmp / "synthetic")["train"].select(range(16)))
@@ -142,6 +144,9 @@ def main(argv=None) -> int:
         model, processor = demo_model()
         results.update(bench_training(tmp, model, processor))
         results.update(bench_generation(tmp, model, processor))
+        from serve import bench_serve  # benchmarks/serve.py
+
+        results.update(bench_serve(tmp, model, processor))
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     text = render(results, "make benchmark")
     Path(args.output).write_text(text)

@@ -25,7 +25,7 @@ from test_training import recipe, run, workspace  # noqa: F401  (workspace is a 
 
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE_CONFIGS = ROOT / "training" / "recipes" / "accelerate"
+ACCELERATE_CONFIGS = ROOT / "training" / "sft" / "recipes" / "accelerate"
 # The small learning rate keeps Adam's sign-like first steps from amplifying float reduction-order noise (~1e-7)
 # into the tolerance; a wrong run (ranks training alone, gradients not averaged) is still ~1e-3 away.
 COMMON = dict(max_steps=4, save_steps=2, learning_rate=1e-3, lora_dropout=0.0, eval_split=None, use_cpu=False)
@@ -53,7 +53,7 @@ def launch(backend: str, config: Path, *extra: str) -> None:
         # The shipped GPU configs, with the two overrides a CPU needs: the process count and no bf16 autocast.
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / launcher[1]),
                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", _free_port()]
-    cmd += ["-m", "training.train", "--config", str(config), *extra]
+    cmd += ["-m", "training.sft.train", "--config", str(config), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
@@ -175,7 +175,7 @@ def test_accelerate_cpu_flag_with_several_processes_is_refused(workspace, tmp_pa
     """`accelerate launch --cpu --num_processes 2` starts one process: training must stop, not quietly train once."""
     config = recipe(workspace, tmp_path / "cpu", per_device_train_batch_size=2, **COMMON)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--main_process_port", _free_port(), "-m", "training.train", "--config", str(config)]
+           "--main_process_port", _free_port(), "-m", "training.sft.train", "--config", str(config)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode != 0
