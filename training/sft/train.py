@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
 from ..fileio import replace_dir, write_json_atomic
+from . import distributed
 
 
 logger = logging.getLogger(__name__)
