@@ -12,7 +12,7 @@ Usage:
 ```bash
 rrg train --config training/sft/recipes/demo_stage1.yaml
 rrg train --config training/sft/recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
-# data-parallel, same command:
+# several processes (DDP, FSDP2, DeepSpeed ZeRO-2/3; on CPU too, see training/sft/distributed.py and the README):
 torchrun --nproc_per_node 2 -m training.sft.train --config training/sft/recipes/demo_stage1.yaml
 accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero2.yaml -m training.sft.train --config training/sft/recipes/paper_stage2.yaml
 ```
@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import replace_dir, write_json_atomic
+from . import distributed
 
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def count_parameters(model) -> dict:
     trainable = frozen = 0
     by_module = {}
     for name, param in model.named_parameters():
-        n = param.numel()
+        n = distributed.num_parameters(param)
         if param.requires_grad:
             trainable += n
         else:
@@ -316,8 +317,11 @@ def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
     return folder.resolve()
 
 
-def save_stage_outputs(trainer, processor, args, training_args, model_args, summary: dict) -> Path:
-    """Write the final `model/` folder (and `merged/` on request) atomically; `rrg_training.json` goes in last."""
+def save_stage_outputs(trainer, processor, args, training_args, model_args, summary: dict, state_dict=None) -> Path:
+    """
+    Write the final `model/` folder (and `merged/` on request) atomically; `rrg_training.json` goes in last.
+    `state_dict`: the full weights when the model is sharded (gathered on all ranks by `distributed.full_state_dict`).
+    """
     from peft import PeftModel
 
     from .loading import COMPLETE_MARKER
@@ -329,7 +333,8 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
     model = trainer.accelerator.unwrap_model(trainer.model)
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = summary["base_models"]["init"]
-    model.save_pretrained(tmp, safe_serialization=True)
+    with distributed.original_class(model):
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(tmp)
     write_json_atomic(tmp / COMPLETE_MARKER, summary)
     replace_dir(tmp, final)
@@ -359,6 +364,7 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     from transformers import set_seed
 
     start = time.time()
+    training_args = distributed.setup(training_args)  # first: multi-process on CPU, or refuse
     state = PartialState()
     set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
     dtype = _resolve_dtype(model_args.dtype)
@@ -374,7 +380,8 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     if len(train_dataset) == 0:
         raise ValueError(f"The {train_split!r} split of {args.dataset_path} has no rows.")
 
-    model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
+    with distributed.model_init_context(training_args):
+        model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
     if args.max_views != processor.max_views and model_args.model_name_or_path:
         logger.info("Using the model's max_views=%d (recipe says %d).", processor.max_views, args.max_views)
     use_peft = bool(model_args.use_peft)
@@ -401,8 +408,9 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache,
                                instruction=args.instruction)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processor, data_collator=collator, peft_config=peft_config)
+    trainer_cls = distributed.trainer_class(SFTTrainer, training_args)
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                          processing_class=processor, data_collator=collator, peft_config=peft_config)
     counts = count_parameters(trainer.model)
     logger.info(
         "Stage %d: %s trainable parameters, %s frozen (%s).", args.stage, f"{counts['trainable_parameters']:,}",
@@ -437,12 +445,14 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
         "global_step": trainer.state.global_step,
         "gradient_checkpointing": _checkpointing_active(trainer.model),
         "world_size": state.num_processes,
+        "distributed": distributed.backend_name(trainer),
         "runtime_seconds": round(time.time() - start, 1),
         "versions": _versions(),
     }
     final = None
+    state_dict = distributed.full_state_dict(trainer)  # collective: every rank takes part
     if state.is_main_process:
-        final = save_stage_outputs(trainer, processor, args, training_args, model_args, summary)
+        final = save_stage_outputs(trainer, processor, args, training_args, model_args, summary, state_dict)
         logger.info("Stage %d done: %s", args.stage, final)
     state.wait_for_everyone()
     return final or Path(training_args.output_dir) / "model"
