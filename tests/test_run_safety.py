@@ -98,6 +98,37 @@ def test_images_inside_the_root_through_dot_dot_are_fine(source, tmp_path):
     assert Path(load_synthetic(data)["train"][0]["image_path"][0]).is_file()
 
 
+def test_hf_tables_refuse_duplicate_ids_and_escaping_paths(source, tmp_path):
+    import csv
+
+    from training.data import load_hf_dataset
+
+    data = _copy(source, tmp_path)
+    rows = [{"image": f"images/{e['image_path'][0]}", "report": e["report"], "id": e["id"], "split": "train"}
+            for e in _annotation(data)["train"]]
+    table = data / "table.csv"
+
+    def write(rows):
+        with open(table, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    kwargs = {"id_column": "id", "split_column": "split", "image_cache_dir": tmp_path / "cache"}
+    write(rows)
+    loaded = load_hf_dataset(table, **kwargs)["train"]
+    assert len(loaded) == len(rows)
+    write([*rows, {**rows[0], "report": "another report"}])
+    with pytest.raises(ValueError, match=rf"row {len(rows)} \(id '{rows[0]['id']}'\): duplicate id .*split 'train' "
+                                         "row 0 has it too"):
+        load_hf_dataset(table, **kwargs)
+    assert load_hf_dataset(table, on_error="skip", **kwargs)["train"]["report"] == loaded["report"]  # first kept
+    write([{**rows[0], "image": "../../etc/passwd"}, *rows[1:]])
+    with pytest.raises(ValueError, match="outside the image root"):
+        load_hf_dataset(table, **kwargs)
+    assert len(load_hf_dataset(table, on_error="skip", **kwargs)["train"]) == len(rows) - 1
+
+
 # ---------------------------------------------------------------------------------------------- image check
 def _break(path: Path, how: str) -> None:
     if how == "zero-byte":
