@@ -377,7 +377,8 @@ def select_section(report: str, section: str = "both") -> str:
 # Row normalisation shared by the loaders
 # --------------------------------------------------------------------------------------------
 # How a user skips bad rows, in each entry point.
-_SKIP_OPTIONS = "`on_bad_rows: skip` in a training recipe, `--on-bad-rows skip` for `rrg evaluate`, on_error='skip' in Python"
+_SKIP_OPTIONS = ("`on_bad_rows: skip` in a training recipe, `--on-bad-rows skip` for `rrg evaluate`, "
+                 "on_error='skip' in Python")
 
 
 class _Problems:
@@ -393,7 +394,7 @@ class _Problems:
     def report(self, where: str, problem: str, fix: str = "", error: type[Exception] = ValueError) -> None:
         message = f"{self.source}, {where}: {problem}"
         if self.on_error == "raise":
-            hint = f"{fix}; or skip bad rows: {_SKIP_OPTIONS}" if fix else f"fix the row, or skip bad rows: {_SKIP_OPTIONS}"
+            hint = f"{fix or 'fix the row'}; or skip bad rows: {_SKIP_OPTIONS}"
             raise error(f"{message} ({hint}).")
         self.skipped.append(message)
 
