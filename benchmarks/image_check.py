@@ -42,7 +42,7 @@ def main() -> None:
             path.parent.mkdir(exist_ok=True)
             image.save(path, quality=90)
             paths.append(str(path))
-        from training.image_check import check_images
+        from training.data.image_check import check_images
 
         results = {"images": a.num_images, "size": f"{a.width}x{a.height}",
                    "mean_file_kb": round(sum(os.path.getsize(p) for p in paths) / len(paths) / 1024, 1),

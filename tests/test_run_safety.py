@@ -19,7 +19,7 @@ def _own_check_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    from training.synthetic import generate_synthetic_dataset
+    from training.sandbox.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("safety")
     return generate_synthetic_dataset(root / "data", num_train=6, num_val=2, num_test=6, image_size=32, seed=2)
@@ -43,7 +43,7 @@ def _image(data: Path, split: str, row: int) -> Path:
 
 # ------------------------------------------------------------------------------------------------ loaders
 def test_non_utf8_annotation_names_file_and_byte_position(source, tmp_path):
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     data = _copy(source, tmp_path)
     raw = (data / "annotation.json").read_bytes()
@@ -56,7 +56,7 @@ def test_non_utf8_annotation_names_file_and_byte_position(source, tmp_path):
 
 
 def test_duplicate_ids_name_both_rows_or_keep_the_first(source, tmp_path):
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     data = _copy(source, tmp_path)
     ann = _annotation(data)
@@ -72,7 +72,7 @@ def test_duplicate_ids_name_both_rows_or_keep_the_first(source, tmp_path):
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "sub/../../annotation.json"])
 def test_image_paths_escaping_the_root_are_refused_unless_allowed(source, tmp_path, bad):
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     data = _copy(source, tmp_path)
     ann = _annotation(data)
@@ -88,7 +88,7 @@ def test_image_paths_escaping_the_root_are_refused_unless_allowed(source, tmp_pa
 
 
 def test_images_inside_the_root_through_dot_dot_are_fine(source, tmp_path):
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     data = _copy(source, tmp_path)
     ann = _annotation(data)
@@ -101,7 +101,7 @@ def test_images_inside_the_root_through_dot_dot_are_fine(source, tmp_path):
 def test_hf_tables_refuse_duplicate_ids_and_escaping_paths(source, tmp_path):
     import csv
 
-    from training.data import load_hf_dataset
+    from training.data.loaders import load_hf_dataset
 
     data = _copy(source, tmp_path)
     rows = [{"image": f"images/{e['image_path'][0]}", "report": e["report"], "id": e["id"], "split": "train"}
@@ -140,8 +140,8 @@ def _break(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["zero-byte", "truncated"])
 def test_check_rows_names_file_and_row_or_counts_skips(source, tmp_path, how):
-    from training.data import load_synthetic
-    from training.image_check import check_rows
+    from training.data.loaders import load_synthetic
+    from training.data.image_check import check_rows
 
     data = _copy(source, tmp_path)
     bad = _image(data, "train", 3)
@@ -156,8 +156,8 @@ def test_check_rows_names_file_and_row_or_counts_skips(source, tmp_path, how):
 def test_image_checks_are_cached_by_size_and_mtime(source, tmp_path, monkeypatch):
     import os
 
-    from training import data as data_module
-    from training.image_check import check_images
+    from training.data import loaders as data_module
+    from training.data.image_check import check_images
 
     data = _copy(source, tmp_path)
     paths = sorted(str(p) for p in (data / "images").rglob("*.png"))
@@ -179,8 +179,8 @@ def test_image_checks_are_cached_by_size_and_mtime(source, tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny models saved as trained folders (same architecture, different weights)."""
-    from training.loading import COMPLETE_MARKER
-    from training.tiny import build_tiny_model
+    from training.sft.loading import COMPLETE_MARKER
+    from training.sandbox.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     folders = []
@@ -361,7 +361,7 @@ def test_training_output_dir_is_guarded(workspace, tmp_path, monkeypatch):  # no
     with pytest.raises(KeyboardInterrupt):
         run(first, *changed, "--overwrite")
     assert not (out / "model").exists() and [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
-    from training.loading import resolve_model_dir
+    from training.sft.loading import resolve_model_dir
 
     with pytest.raises(ValueError, match="did not finish"):
         resolve_model_dir(out)

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from training.train import RRGDataCollator, parse_args, train
+from training.sft.train import RRGDataCollator, parse_args, train
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,14 @@ def workspace(tmp_path_factory):
     """Synthetic data + tiny 'pretrained' backbones saved like Hub checkpoints."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from training.synthetic import generate_synthetic_dataset
-    from training.tiny import save_backbone, tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
+    from training.sandbox.synthetic import generate_synthetic_dataset
+    from training.sandbox.tiny import (
+        save_backbone,
+        tiny_image_processor,
+        tiny_text_config,
+        tiny_vision_config,
+        train_bpe_tokenizer,
+    )
 
     root = tmp_path_factory.mktemp("train")
     data = generate_synthetic_dataset(root / "data", num_train=48, num_val=8, num_test=8, image_size=64, seed=0)
@@ -39,7 +45,7 @@ def recipe(workspace, out, **overrides):
         "stage": 1, "dataset_path": str(workspace / "data"), "vision_model": str(workspace / "vision"),
         "text_model": str(workspace / "text"), "num_visual_tokens": 4, "output_dir": str(out), "max_steps": 4,
         "per_device_train_batch_size": 4, "learning_rate": 0.01, "logging_steps": 2, "save_steps": 2,
-        "bf16": False, "gradient_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
+        "bf16": False, "activation_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
         "eval_strategy": "no", "seed": 0, "data_seed": 0, "disable_tqdm": True, "save_only_model": False,
     }
     base.update(overrides)
@@ -79,7 +85,7 @@ def test_stage1_trains_only_the_projector(workspace, tmp_path):
     # The projector moved away from its initialisation: rebuild the untrained assembly with the run's seed.
     from transformers import set_seed
 
-    from training.train import build_model_and_processor
+    from training.sft.train import build_model_and_processor
 
     args, training_args, model_args = parse_args(["--config", str(tmp_path / "stage1.yaml")])
     set_seed(training_args.seed)
@@ -97,7 +103,7 @@ def stage1(workspace, tmp_path_factory):
 def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, stage1, tmp_path):
     from peft import PeftModel
 
-    from training.loading import load_trained
+    from training.sft.loading import load_trained
 
     final = run(recipe(workspace, tmp_path / "stage2", stage=2, model_name_or_path=str(stage1), use_peft=True,
                        lora_r=4, lora_alpha=8, merge_adapter=True))
@@ -118,7 +124,7 @@ def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, s
     assert isinstance(peft_model, PeftModel)
     merged_in_memory, _ = load_trained(final, merge=True)
     merged_folder, _ = load_trained(final.parent / "merged")
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     rows = load_synthetic(workspace / "data")["test"].select(range(4))
     batch = RRGDataCollator(processor, max_length=256)(list(rows))
@@ -146,7 +152,7 @@ def test_stage2_full_finetune_trains_llm_not_encoder(workspace, stage1, tmp_path
 
 
 def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
-    from training.loading import load_trained
+    from training.sft.loading import load_trained
 
     final = run(recipe(workspace, tmp_path / "ablation", stage=2, use_peft=True, lora_r=2, max_steps=2))
     base = tmp_path / "ablation" / "base"
@@ -161,9 +167,9 @@ def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
 
 
 def test_feature_cache_gives_the_same_loss_as_the_encoder(workspace, stage1, tmp_path):
-    from training.data import load_synthetic
-    from training.feature_cache import FeatureCache
-    from training.loading import load_trained
+    from training.data.loaders import load_synthetic
+    from training.sft.feature_cache import FeatureCache
+    from training.sft.loading import load_trained
 
     model, processor = load_trained(stage1)
     rows = list(load_synthetic(workspace / "data")["train"].select(range(6)))
@@ -263,7 +269,7 @@ def test_ddp_two_cpu_processes(workspace, tmp_path):
         port = str(sock.getsockname()[1])
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-         "-m", "training.train", "--config", str(path)],
+         "-m", "training.sft.train", "--config", str(path)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -278,8 +284,40 @@ def test_gradient_checkpointing_gives_the_same_training(workspace, stage1, tmp_p
     common = dict(max_steps=2, save_steps=100, lora_dropout=0.0, use_peft=stage == 2, stage=stage)
     if stage == 2:
         common["model_name_or_path"] = str(stage1)
-    plain = run(recipe(workspace, tmp_path / "plain", gradient_checkpointing=False, **common))
-    checkpointed = run(recipe(workspace, tmp_path / "ckpt", gradient_checkpointing=True, **common))
+    plain = run(recipe(workspace, tmp_path / "plain", activation_checkpointing=False, **common))
+    checkpointed = run(recipe(workspace, tmp_path / "ckpt", activation_checkpointing=True, **common))
     a, b = (json.loads((p / "rrg_training.json").read_text()) for p in (plain, checkpointed))
     assert (a["gradient_checkpointing"], b["gradient_checkpointing"]) == (False, True)
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_checkpointing_field_is_read_under_the_installed_name(workspace, tmp_path):
+    """Recipes may say gradient_checkpointing (before transformers 5.24) or activation_checkpointing (5.24+): both
+    parse on every release without a deprecation warning, and mean the same."""
+    import dataclasses
+    import warnings
+
+    from training.sft.train import _checkpointing_field_names
+
+    old = recipe(workspace, tmp_path / "old", **{"gradient_checkpointing": True, "activation_checkpointing": None})
+    new = recipe(workspace, tmp_path / "new", **{"activation_checkpointing": True})
+    for path in (old, new):
+        text = yaml.safe_load(path.read_text())
+        text = {k: v for k, v in text.items() if v is not None}
+        path.write_text(yaml.safe_dump(text))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            _, training_args, _ = parse_args(["--config", str(path)])
+        assert training_args.activation_checkpointing is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, training_args, _ = parse_args(["--config", str(new), "--gradient_checkpointing", "false"])
+    assert training_args.activation_checkpointing is False
+
+    @dataclasses.dataclass
+    class OldTrainingArguments:  # a release before 5.24: only the old names exist
+        gradient_checkpointing: bool = False
+
+    translated = _checkpointing_field_names(["--config", str(new), "--activation_checkpointing=true"], OldTrainingArguments)
+    assert translated[2] == "--gradient_checkpointing=true"
+    assert yaml.safe_load(Path(translated[1]).read_text())["gradient_checkpointing"] is True

@@ -95,7 +95,7 @@ def pretrain_vision_encoder(image_paths: list[str], targets: list[set[str]], con
     from modeling_rrg.processing_rrg import to_pil_image
 
     if image_loader is None:
-        from .data import load_image
+        from ..data.images import load_image
 
         image_loader = load_image
     torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """Check every image of the rows a run uses before its first step: decodable, in parallel, cached.
 
 `rrg train` and `rrg evaluate` call [`check_rows`] on the rows they are about to use. Each image is decoded with the
-loaders' own check (`training.data._verify_image`, the same decoder training uses), in a thread pool; results are
+loaders' own check (`training.data.loaders._verify_image`, the same decoder training uses), in a thread pool; results are
 cached by path, size and modification time (`$RRG_CACHE/file_checks.sqlite`), so a second run over unchanged files
 does not open them again. A bad image is an error naming the data source, split, row, id and file; with
 `on_bad_rows: skip` its row is skipped and counted.
@@ -16,7 +16,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Sequence
 
-from .manifest import _LOCK, open_cache
+from ..manifest import _LOCK, open_cache
 
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def check_images(paths: Sequence[str | os.PathLike], workers: int | None = None)
         `dict[str, str]`: the problem of each bad file (missing, empty, truncated, not an image); good files are
         absent.
     """
-    from .data import _verify_image
+    from .loaders import _verify_image
 
     unique = list(dict.fromkeys(str(p) for p in paths))
     problems: dict[str, str] = {}
@@ -89,7 +89,7 @@ def check_rows(rows, split: str, source: str, on_bad_rows: str = "raise", max_vi
     Returns:
         `list[int]`: indices of the rows whose images are all good (all of them unless skipping).
     """
-    from .data import _SKIP_OPTIONS
+    from .loaders import _SKIP_OPTIONS
 
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}.")

@@ -1,7 +1,7 @@
 """rrg clinical efficacy as a local `evaluate` module: CheXpert-label precision / recall / F1.
 
-Thin wrapper around `training.scoring.compute_clinical_efficacy`. Load it offline with
-`evaluate.load("<repo>/training/metrics/rrg_clinical_efficacy")`.
+Thin wrapper around `training.evaluation.scoring.compute_clinical_efficacy`. Load it offline with
+`evaluate.load("<repo>/training/evaluation/metrics/rrg_clinical_efficacy")`.
 """
 
 import datasets
@@ -10,11 +10,11 @@ import evaluate
 # Imported inside `try` (indented) on purpose: `evaluate` scans top-level imports and would ask to
 # `pip install training`, which is not our package.
 try:
-    from training.labeler import get_labeler
-    from training.scoring import compute_clinical_efficacy
+    from training.evaluation.labeler import get_labeler
+    from training.evaluation.scoring import compute_clinical_efficacy
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "The rrg_clinical_efficacy metric wraps training.scoring from the rrg repository; install it with "
+        "The rrg_clinical_efficacy metric wraps training.evaluation.scoring from the rrg repository; install it with "
         "`pip install -e <path to the rrg repository>` or run from the repository root."
     ) from error
 
@@ -45,7 +45,7 @@ Returns:
     dict with precision/recall/f1 _micro/_macro _14/_5, "per_observation", "labeler",
     "positive_definition", "zero_division", "num_samples".
 Examples:
-    >>> ce = evaluate.load("training/metrics/rrg_clinical_efficacy")  # doctest: +SKIP
+    >>> ce = evaluate.load("training/evaluation/metrics/rrg_clinical_efficacy")  # doctest: +SKIP
     >>> ce.compute(predictions=["Small left effusion."], references=["Small left effusion."])["f1_micro_14"]  # doctest: +SKIP
     1.0
 """

@@ -1,7 +1,7 @@
 """Scoring of generated radiology reports: natural-language metrics and clinical efficacy.
 
 This is the plain-Python API behind the `rrg evaluate` command and the local `evaluate` modules in
-`training/metrics/`. Everything runs offline.
+`training/evaluation/metrics/`. Everything runs offline.
 
 - [`compute_nlg_metrics`]: BLEU-1..4, METEOR, ROUGE-L and CIDEr computed by pycocoevalcap's scorers,
   the implementation behind the published MIMIC-CXR / IU X-Ray tables.
@@ -20,7 +20,7 @@ import shutil
 import threading
 from collections.abc import Sequence
 
-from .chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS, POSITIVE
+from ..data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS, POSITIVE
 
 __all__ = [
     "NLG_METRIC_NAMES",
@@ -238,8 +238,8 @@ def compute_clinical_efficacy(
         predictions (`list[str]`): Generated reports.
         references (`list[str]`): Reference reports, one per prediction.
         labeler (*optional*):
-            An object with `name` and `label_batch(reports) -> list[dict]` (see `training.labeler`).
-            Defaults to the offline [`~training.labeler.RuleBasedLabeler`].
+            An object with `name` and `label_batch(reports) -> list[dict]` (see `training.evaluation.labeler`).
+            Defaults to the offline [`~training.evaluation.labeler.RuleBasedLabeler`].
         zero_division (`float`, *optional*, defaults to 0.0):
             Value of a precision / recall / F1 whose denominator is zero.
 
@@ -266,7 +266,7 @@ def compute_clinical_efficacy(
 
         labeler = RuleBasedLabeler()
     if not hasattr(labeler, "label_batch") or not hasattr(labeler, "name"):
-        raise TypeError("`labeler` must have a `name` and a `label_batch(reports)` method (see training.labeler).")
+        raise TypeError("`labeler` must have a `name` and a `label_batch(reports)` method (see training.evaluation.labeler).")
 
     predicted_labels = labeler.label_batch(predictions)
     reference_labels = labeler.label_batch(references)

@@ -1,7 +1,7 @@
 """rrg natural-language metrics as a local `evaluate` module: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
-Thin wrapper around `training.scoring.compute_nlg_metrics` (pycocoevalcap's scorers). Load it offline
-with `evaluate.load("<repo>/training/metrics/rrg_nlg")`.
+Thin wrapper around `training.evaluation.scoring.compute_nlg_metrics` (pycocoevalcap's scorers). Load it offline
+with `evaluate.load("<repo>/training/evaluation/metrics/rrg_nlg")`.
 """
 
 import datasets
@@ -10,10 +10,10 @@ import evaluate
 # Imported inside `try` (indented) on purpose: `evaluate` scans top-level imports and would ask to
 # `pip install training`, which is not our package.
 try:
-    from training.scoring import compute_nlg_metrics
+    from training.evaluation.scoring import compute_nlg_metrics
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "The rrg_nlg metric wraps training.scoring from the rrg repository; install it with "
+        "The rrg_nlg metric wraps training.evaluation.scoring from the rrg repository; install it with "
         "`pip install -e <path to the rrg repository>` or run from the repository root."
     ) from error
 
@@ -41,7 +41,7 @@ Returns:
     dict with "BLEU-1".."BLEU-4", "METEOR" (when computed), "ROUGE-L", "CIDEr", "tokenization",
     "implementation", "num_samples", "warnings".
 Examples:
-    >>> nlg = evaluate.load("training/metrics/rrg_nlg")  # doctest: +SKIP
+    >>> nlg = evaluate.load("training/evaluation/metrics/rrg_nlg")  # doctest: +SKIP
     >>> nlg.compute(predictions=["no effusion ."], references=["no effusion ."], meteor=False)["ROUGE-L"]  # doctest: +SKIP
     1.0
 """

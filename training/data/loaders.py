@@ -12,7 +12,7 @@ Every loader returns a `datasets.DatasetDict` with the split names `"train"`, `"
 | `subject_id` | `string` or `None`       | as in the source, stringified                              |
 | `chexpert`   | `struct` or `None`       | `{observation: 1 / 0 / -1 / None}` for the 14 CheXpert observations, `None` when the source has no labels |
 
-Images are *not* decoded into the dataset: rows hold paths, and [`load_image`] decodes them at
+Images are *not* decoded into the dataset: rows hold paths, and [`training.data.images.load_image`] decodes them at
 batch time (PNG / JPEG of any bit depth, DICOM through pydicom). Datasets that store decoded
 images (Hugging Face `Image` features, PIL images) have them written once to a cache folder and the
 rows point there.
@@ -37,23 +37,23 @@ from typing import Any, Sequence
 
 import numpy as np
 import datasets
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
+from ..fileio import write_bytes_atomic
 from .chexpert import CHEXPERT_OBSERVATIONS
-from .fileio import write_bytes_atomic
+from .images import load_image
+from .reports import REPORT_SECTIONS, clean_report, select_section
 
 __all__ = [
     "FEATURES",
     "SPLIT_ALIASES",
-    "load_image",
-    "read_dicom",
-    "clean_report",
-    "split_sections",
-    "select_section",
+    "split_key",
     "load_annotation_json",
     "load_hf_dataset",
     "load_synthetic",
+    "describe_dataset",
+    "load_splits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,130 +82,7 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 
-_SECTIONS = ("both", "findings", "impression", "full")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ""}
-
-
-# --------------------------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------------------------
-def _to_uint8(array: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float64)
-    low = float(array.min()) if low is None else low
-    high = float(array.max()) if high is None else high
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return (np.clip((array - low) / (high - low), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 window, straight to 8 bits (pydicom's output range depends on BitsStored)."""
-    if function == "LINEAR_EXACT":
-        scaled = (values - center) / width + 0.5
-    elif function == "SIGMOID":
-        scaled = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    else:  # LINEAR, the default
-        scaled = (values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
-    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def read_dicom(path: str | os.PathLike) -> Image.Image:
-    """
-    Reads a DICOM radiograph as an 8-bit grayscale image.
-
-    The modality LUT (rescale slope / intercept) and the VOI LUT or window (center / width) of the
-    file are applied as a viewer would; without either, the full pixel range is used. MONOCHROME1
-    images (where bright means *low* attenuation) are inverted so that bone is always bright.
-    Multi-frame files give their first frame.
-
-    Args:
-        path (`str` or `os.PathLike`): Path of the DICOM file.
-
-    Returns:
-        `PIL.Image.Image` in mode `"L"`.
-    """
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError as err:
-        raise ImportError("Reading DICOM needs pydicom>=3: pip install pydicom") from err
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DICOM file not found: {path}")
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except Exception as err:  # pydicom raises many types for broken files
-        raise ValueError(f"Could not read DICOM pixel data from {path}: {err}") from err
-    if pixels.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        pixels = pixels[0]
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        # Colour DICOM (secondary captures): let PIL do the grey conversion.
-        return Image.fromarray(_to_uint8(pixels)).convert("L")
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    if "VOILUTSequence" in ds:
-        # A VOI LUT maps to [0, 2**bits - 1], bits being the third LUT descriptor value.
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out = _to_uint8(apply_voi_lut(pixels, ds, index=0), 0.0, float(2**bits - 1))
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(np.atleast_1d(ds.WindowCenter)[0])
-        width = max(float(np.atleast_1d(ds.WindowWidth)[0]), 1.0)
-        out = _window(values, center, width, str(getattr(ds, "VOILUTFunction", "LINEAR")).upper())
-    else:
-        out = _to_uint8(values)
-    if photometric == "MONOCHROME1":
-        out = 255 - out
-    return Image.fromarray(out, mode="L")
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """
-    Loads a radiograph as an 8-bit grayscale `PIL.Image.Image` (mode `"L"`).
-
-    * DICOM (by suffix `.dcm` / `.dicom` or the `DICM` magic) goes through [`read_dicom`].
-    * 16-bit and 32-bit images (`I;16`, `I`, `F`) are scaled linearly from their actual min to
-      max value to 0–255. Many radiographs use 12 of the 16 bits, so dividing by 257 would give an
-      almost black image.
-    * RGB, palette and alpha images are converted to grayscale.
-
-    Args:
-        path (`str` or `os.PathLike`): Image file.
-
-    Returns:
-        `PIL.Image.Image` in mode `"L"`.
-
-    Raises:
-        `FileNotFoundError` if the file does not exist, `ValueError` if it cannot be decoded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image not found: {path}")
-    if _is_dicom(path):
-        return read_dicom(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return Image.fromarray(_to_uint8(np.asarray(im)), mode="L")
-            if im.mode == "L":
-                return im.copy()
-            if im.mode in ("LA", "RGBA", "PA") or "transparency" in im.info:
-                im = im.convert("RGBA").convert("RGB")
-            return im.convert("L")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"Could not decode image {path} (corrupt or not an image): {err}") from err
 
 
 def _check_images(paths: Sequence[Path], verify: bool, where: str, problems: "_Problems") -> bool:
@@ -258,119 +135,6 @@ def _outside_root(value: str | os.PathLike, root: Path) -> bool:
 _OUTSIDE_FIX = "image paths must stay inside the image root; set allow_outside_image_root (recipe field, or " \
                "--allow-outside-image-root for `rrg evaluate`) if the data really points elsewhere"
 
-
-# --------------------------------------------------------------------------------------------
-# Reports
-# --------------------------------------------------------------------------------------------
-_SENT_STRIP = re.compile(r"[.,?;*!%^&_+():\-\[\]{}<=>@]")
-
-
-def clean_report(text: str, style: str = "mimic") -> str:
-    """
-    Cleans a report the way R2Gen (Chen et al., 2020) does before tokenisation, so scores are
-    comparable with published MIMIC-CXR / IU X-Ray results.
-
-    Steps: newlines to spaces; runs of `_` (MIMIC's de-identification placeholders `___`)
-    collapsed and then removed (`style="mimic"` only); repeated spaces and dots collapsed;
-    list numbering (`"1. "`, `" 2. "`, ...) removed; lower-casing; split into sentences at
-    `". "`; inside each sentence the punctuation `. , ? ; * ! % ^ & _ + ( ) : - [ ] { }` and quotes,
-    slashes, backslashes and apostrophes removed; sentences joined with `" . "` and ended by `" ."`.
-
-    One deliberate difference from R2Gen: empty sentences are dropped (R2Gen's check
-    `sent != []` is always true for strings, so it can emit `" .  . "`).
-
-    Args:
-        text (`str`): Raw report.
-        style (`str`, *optional*, defaults to `"mimic"`): `"mimic"` or `"iu"`.
-
-    Returns:
-        `str`: the cleaned report, e.g. `"the lungs are clear . no pleural effusion ."`.
-
-    Example:
-
-    ```python
-    >>> clean_report("FINDINGS: 1. Heart size is normal.  2. No effusion, ___ noted.")
-    'findings heart size is normal . no effusion noted .'
-    ```
-    """
-    if style not in ("mimic", "iu"):
-        raise ValueError(f"style must be 'mimic' or 'iu', got {style!r}.")
-    if not isinstance(text, str):
-        raise TypeError(f"clean_report expects a string, got {type(text).__name__}.")
-    t = text.replace("\r", " ").replace("\n", " ")
-    if style == "mimic":
-        t = re.sub(r"_+", "_", t)
-    t = re.sub(r" {2,}", " ", t)
-    t = re.sub(r"\.{2,}", ".", t)
-    t = re.sub(r"(?:^|(?<=\s))1\. ", "", t)
-    t = re.sub(r"\.? (?:[2-9])\. ", ". ", t)
-    sentences = t.strip().lower().split(". ")
-    cleaned = []
-    for sent in sentences:
-        s = sent.replace('"', "").replace("/", "").replace("\\", "").replace("'", "")
-        s = _SENT_STRIP.sub("", s)
-        s = re.sub(r"\s+", " ", s).strip()
-        if s:
-            cleaned.append(s)
-    return " . ".join(cleaned) + " ." if cleaned else ""
-
-
-_SECTION_RE = re.compile(r"(?im)^\s*(findings|impression|conclusion)\s*:|\b(FINDINGS|IMPRESSION|CONCLUSION)\s*:")
-
-
-def split_sections(report: str) -> dict[str, str]:
-    """
-    Splits a report into its FINDINGS and IMPRESSION sections.
-
-    Headers are recognised at the start of a line (any case) or in upper case anywhere, e.g.
-    `"FINDINGS: ... IMPRESSION: ..."`; `CONCLUSION` counts as impression. Text before the first
-    header (indication, comparison, ...) is returned as `"preamble"`.
-
-    Args:
-        report (`str`): Report text.
-
-    Returns:
-        `dict[str, str]` with keys `"preamble"`, `"findings"`, `"impression"` (empty strings when absent).
-    """
-    out = {"preamble": "", "findings": "", "impression": ""}
-    matches = list(_SECTION_RE.finditer(report))
-    if not matches:
-        out["preamble"] = report.strip()
-        return out
-    out["preamble"] = report[: matches[0].start()].strip()
-    for m, nxt in zip(matches, matches[1:] + [None]):
-        name = (m.group(1) or m.group(2)).lower()
-        name = "impression" if name == "conclusion" else name
-        body = report[m.end() : nxt.start() if nxt else len(report)].strip()
-        out[name] = (out[name] + " " + body).strip()
-    return out
-
-
-def select_section(report: str, section: str = "both") -> str:
-    """
-    Selects the part of a report to train on.
-
-    Args:
-        report (`str`): Report text.
-        section (`str`, *optional*, defaults to `"both"`):
-            `"findings"`, `"impression"`, `"both"` (findings then impression, headers dropped) or
-            `"full"` (the text unchanged). A report without section headers is used whole for
-            `"both"` and `"findings"` (R2Gen's MIMIC-CXR annotation stores findings only), and is
-            empty for `"impression"`.
-
-    Returns:
-        `str`: the selected text (possibly empty).
-    """
-    if section not in _SECTIONS:
-        raise ValueError(f"section must be one of {_SECTIONS}, got {section!r}.")
-    if section == "full":
-        return report.strip()
-    parts = split_sections(report)
-    if not parts["findings"] and not parts["impression"]:
-        return parts["preamble"] if section in ("both", "findings") else ""
-    if section == "both":
-        return " ".join(p for p in (parts["findings"], parts["impression"]) if p)
-    return parts[section]
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +190,7 @@ def _normalise_chexpert(value: Any, where: str) -> dict[str, int | None] | None:
         raise ValueError(f"{where}: 'chexpert' must be a dict {{observation: 1/0/-1/null}}, got {type(value).__name__}.")
     unknown = set(value) - set(CHEXPERT_OBSERVATIONS)
     if unknown:
-        raise ValueError(f"{where}: unknown CheXpert observation(s) {sorted(unknown)}; expected names from training.chexpert.CHEXPERT_OBSERVATIONS.")
+        raise ValueError(f"{where}: unknown CheXpert observation(s) {sorted(unknown)}; expected names from training.data.chexpert.CHEXPERT_OBSERVATIONS.")
     out: dict[str, int | None] = {}
     for obs in CHEXPERT_OBSERVATIONS:
         v = value.get(obs)
@@ -534,8 +298,8 @@ def load_annotation_json(
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
         raise FileNotFoundError(f"Image root not found: {image_root} (pass image_root= the folder the image_path entries are relative to).")
-    if section not in _SECTIONS:
-        raise ValueError(f"section must be one of {_SECTIONS}, got {section!r}.")
+    if section not in REPORT_SECTIONS:
+        raise ValueError(f"section must be one of {REPORT_SECTIONS}, got {section!r}.")
     if clean not in (None, "mimic", "iu"):
         raise ValueError(f"clean must be None, 'mimic' or 'iu', got {clean!r}.")
 
@@ -602,7 +366,7 @@ def load_annotation_json(
 
 def load_synthetic(output_dir: str | os.PathLike, **kwargs) -> datasets.DatasetDict:
     """
-    Loads a folder written by [`training.synthetic.generate_synthetic_dataset`].
+    Loads a folder written by [`training.sandbox.synthetic.generate_synthetic_dataset`].
 
     Args:
         output_dir (`str` or `os.PathLike`): The generated folder.
@@ -613,7 +377,7 @@ def load_synthetic(output_dir: str | os.PathLike, **kwargs) -> datasets.DatasetD
     """
     output_dir = Path(output_dir)
     if not (output_dir / "annotation.json").is_file():
-        raise FileNotFoundError(f"{output_dir / 'annotation.json'} not found; generate the data with `python -m training.synthetic --out {output_dir}`.")
+        raise FileNotFoundError(f"{output_dir / 'annotation.json'} not found; generate the data with `rrg data --out {output_dir}`.")
     return load_annotation_json(output_dir / "annotation.json", image_root=output_dir / "images", **kwargs)
 
 
@@ -773,8 +537,8 @@ def load_hf_dataset(
     """
     if report_column is None and findings_column is None and impression_column is None:
         raise ValueError("Give report_column, or findings_column and/or impression_column, to say where the report text is.")
-    if section not in _SECTIONS:
-        raise ValueError(f"section must be one of {_SECTIONS}, got {section!r}.")
+    if section not in REPORT_SECTIONS:
+        raise ValueError(f"section must be one of {REPORT_SECTIONS}, got {section!r}.")
     if clean not in (None, "mimic", "iu"):
         raise ValueError(f"clean must be None, 'mimic' or 'iu', got {clean!r}.")
     source = str(name_or_path)
@@ -873,3 +637,102 @@ def load_hf_dataset(
             rows_by_split.setdefault(_normalise_split(s, "splits argument"), [])
     problems.log()
     return _build(rows_by_split, source)
+
+
+# Folder names of the public chest X-ray data sets as their users lay them out (R2Gen's data/iu_xray, data/mimic_cxr).
+KNOWN_DATASETS = {r"mimic[-_ ]?cxr": "MIMIC-CXR", r"iu[-_ ]?x[-_ ]?ray|open[-_ ]?i\b": "IU X-Ray"}
+
+
+def describe_dataset(name: str) -> str:
+    """
+    A readable name for a data set the run or evaluation recorded: a Hub id as it is; for a local folder the
+    `pretty_name` of its `dataset_info.json` (the synthetic benchmark writes one) or of its dataset card, else the
+    public data set its path names (MIMIC-CXR, IU X-Ray), else the folder name.
+    """
+    path = Path(name)
+    if not path.exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        return name  # a Hub id
+    folder = path if path.is_dir() else path.parent
+    info = folder / "dataset_info.json"
+    if info.is_file():
+        try:
+            pretty = json.loads(info.read_text(encoding="utf-8")).get("pretty_name")
+        except (ValueError, AttributeError):
+            pretty = None
+        if pretty:
+            return str(pretty)
+    card = folder / "README.md"
+    if card.is_file():
+        match = re.search(r"^pretty_name:\s*(.+)$", card.read_text(encoding="utf-8", errors="replace"), flags=re.M)
+        if match:
+            return match.group(1).strip().strip("\"'")
+    for pattern, pretty in KNOWN_DATASETS.items():
+        if re.search(pattern, str(path.resolve()), flags=re.I):
+            return pretty
+    return folder.name if path.is_file() else path.name
+# --------------------------------------------------------------------------------------------
+# One entry point for train, evaluate and analyze
+# --------------------------------------------------------------------------------------------
+def split_key(name: str) -> str:
+    """The DatasetDict key of a split name as users write it ("val" -> "validation"), as the loaders normalise it."""
+    return SPLIT_ALIASES.get(name.strip().lower(), name)
+
+
+def load_splits(
+    path: str | os.PathLike,
+    splits: Sequence[str],
+    dataset_format: str = "auto",
+    image_root: str | os.PathLike | None = None,
+    clean: str | None = None,
+    on_error: str = "raise",
+    section: str = "both",
+    image_column: str = "image",
+    report_column: str | None = "report",
+    split_column: str | None = None,
+    allow_outside_root: bool = False,
+) -> datasets.DatasetDict:
+    """
+    Loads the named splits of any supported source: an `annotation.json` (or a folder holding one, like the synthetic
+    benchmark) or anything [`load_hf_dataset`] reads (a `save_to_disk` folder, an image folder, a table, a Hub id).
+
+    `rrg train` (from the recipe), `rrg evaluate` and `rrg analyze` all load data through this function, so the three
+    accept the same sources.
+
+    Args:
+        path (`str` or `os.PathLike`): The source, see above.
+        splits (`Sequence[str]`): Splits to load (`"train"`, `"val"`/`"validation"`, `"test"`); each must exist.
+        dataset_format (`str`, *optional*, defaults to `"auto"`):
+            `"annotation"`, `"hf"`, or `"auto"` (an `annotation.json` when there is one, else `"hf"`).
+        image_root, clean, on_error, section, allow_outside_root: See [`load_annotation_json`].
+        image_column, report_column, split_column: See [`load_hf_dataset`] (ignored for `annotation.json`).
+
+    Returns:
+        `datasets.DatasetDict` keyed by normalised split names (see [`split_key`]).
+    """
+    if path is None:
+        raise ValueError("No dataset path given; pass an annotation.json, a dataset folder or a HF dataset.")
+    source = str(path)
+    path = Path(path)
+    if dataset_format not in ("auto", "annotation", "hf"):
+        raise ValueError(f"dataset_format must be auto, annotation or hf; got {dataset_format!r}.")
+    annotation = None
+    if dataset_format in ("auto", "annotation"):
+        if path.name == "annotation.json" or (dataset_format == "annotation" and path.is_file()):
+            annotation = path
+        elif path.is_dir() and (path / "annotation.json").is_file():
+            annotation = path / "annotation.json"
+        elif dataset_format == "annotation":
+            raise FileNotFoundError(f"No annotation.json at {path}.")
+    splits = [s for s in splits if s]
+    if annotation is not None:
+        dataset = load_annotation_json(annotation, image_root=image_root, splits=splits, clean=clean,
+                                       on_error=on_error, section=section, allow_outside_root=allow_outside_root)
+    else:
+        dataset = load_hf_dataset(str(path) if path.exists() else source, image_column=image_column,
+                                  report_column=report_column, split_column=split_column, splits=splits,
+                                  section=section, clean=clean, on_error=on_error, image_root=image_root,
+                                  allow_outside_root=allow_outside_root)
+    for split in splits:
+        if split_key(split) not in dataset:
+            raise ValueError(f"Split {split!r} not found in {source}; it has {list(dataset)}.")
+    return dataset

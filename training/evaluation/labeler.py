@@ -4,11 +4,11 @@ Two labelers share one interface (`name`, `label`, `label_batch`):
 
 - [`RuleBasedLabeler`]: our own offline rule-based labeler. Mention phrases for the 14 observations
   plus NegEx-style negation and uncertainty scopes; its phrase lists are data files in
-  `training/labeler_data/`. Needs nothing but the standard library.
+  `training/evaluation/labeler_data/`. Needs nothing but the standard library.
 - [`CheXbertLabeler`]: the CheXbert model (Smit et al., 2020) most papers use, loaded from a
   `chexbert.pth` the user supplies. Nothing is ever downloaded.
 
-Labels follow the CheXpert labeler's CSV conventions (see `training.chexpert`): 1 positive,
+Labels follow the CheXpert labeler's CSV conventions (see `training.data.chexpert`): 1 positive,
 0 negative, -1 uncertain, `None` not mentioned.
 """
 
@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
+from ..data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
 
 __all__ = [
     "RuleBasedLabeler",
@@ -94,7 +94,7 @@ class RuleBasedLabeler:
 
     Args:
         data_dir (`str` or `os.PathLike`, *optional*):
-            Folder with `mentions.json` and `cues.json`. Defaults to `training/labeler_data/`.
+            Folder with `mentions.json` and `cues.json`. Defaults to `training/evaluation/labeler_data/`.
 
     Example:
 
@@ -116,7 +116,7 @@ class RuleBasedLabeler:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"Labeler phrase list {path} not found; pass `data_dir` pointing to a folder with "
-                    "mentions.json and cues.json (the default is training/labeler_data/)."
+                    "mentions.json and cues.json (the default is training/evaluation/labeler_data/)."
                 )
         with open(mentions_path, encoding="utf-8") as f:
             mentions = json.load(f)
@@ -127,7 +127,7 @@ class RuleBasedLabeler:
         if unknown:
             raise ValueError(
                 f"{mentions_path} has entries {sorted(unknown)} that are not CheXpert observations; "
-                f"use names from training.chexpert.CHEXPERT_OBSERVATIONS."
+                f"use names from training.data.chexpert.CHEXPERT_OBSERVATIONS."
             )
         required_cues = (
             "pre_negation", "post_negation", "pre_uncertainty", "post_uncertainty",

@@ -17,7 +17,7 @@ Each study is:
   zone and severity where they apply;
 * a report written from that ground truth in radiology style (FINDINGS and IMPRESSION sections,
   varied phrasing, explicit negatives);
-* the 14 CheXpert labels of the report (1 / 0 / -1 / None, see `training.chexpert`).
+* the 14 CheXpert labels of the report (1 / 0 / -1 / None, see `training.data.chexpert`).
 
 Image convention: as on a real PA film, the patient's right is on the image's **left**. So a
 "right pleural effusion" brightens the lower-left corner of the lung fields in the image.
@@ -36,7 +36,7 @@ Each entry has `id`, `study_id`, `subject_id`, `report`, `image_path` (relative 
 
 Usage::
 
-    python -m training.synthetic --out data/synthetic --num-train 3000 --num-val 300 \\
+    python -m training.sandbox.synthetic --out data/synthetic --num-train 3000 --num-val 300 \\
         --num-test 300 --image-size 128 --seed 0
 """
 
@@ -57,8 +57,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
-from .fileio import replace_dir
+from ..data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
+from ..fileio import replace_dir
 
 __all__ = [
     "FINDING_NAMES",
@@ -955,6 +955,10 @@ def generate_synthetic_dataset(
         with open(tmp / "annotation.json", "w", encoding="utf-8") as fh:
             json.dump(annotation, fh, indent=1)
             fh.write("\n")
+        # What the data set is, for model cards and metrics (a folder name such as `data` says nothing).
+        info = {"pretty_name": f"rrg synthetic chest X-ray benchmark (seed {seed}, {image_size} px)",
+                "splits": {name: len(rows) for name, rows in annotation.items()}}
+        (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         elapsed = time.perf_counter() - start_time
         replace_dir(tmp, output_dir)
     except BaseException:
@@ -974,9 +978,9 @@ def generate_synthetic_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry point: `python -m training.synthetic --out DIR ...`."""
+    """Command-line entry point: `python -m training.sandbox.synthetic --out DIR ...`."""
     parser = argparse.ArgumentParser(
-        prog="python -m training.synthetic",
+        prog="python -m training.sandbox.synthetic",
         description="Generate the synthetic chest X-ray report-generation benchmark (R2Gen annotation.json layout).",
     )
     parser.add_argument("--out", required=True, help="Output folder (gets annotation.json and images/).")

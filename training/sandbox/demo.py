@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DemoConfig", "run_demo", "main"]
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "sft" / "recipes"
 
 
 @dataclass
@@ -88,11 +88,11 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
     """Run the whole demo; returns (and writes) the summary."""
     from transformers import AutoTokenizer
 
-    from .evaluate import evaluate
+    from ..evaluation.evaluator import evaluate
     from .pretrain import finding_targets, pretrain_language_model, pretrain_vision_encoder
     from .synthetic import generate_synthetic_dataset
     from .tiny import tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
-    from .train import parse_args, train
+    from ..sft.train import parse_args, train
 
     config = config or DemoConfig()
     out = Path(output_dir)
@@ -146,7 +146,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
 
     generation = {"max_new_tokens": config.max_new_tokens, "num_beams": 1, "repetition_penalty": 1.0}
     with _timed("evaluate", timings):
-        from .loading import load_trained
+        from ..sft.loading import load_trained
 
         model, processor = load_trained(stage2_dir, merge=True)
         true_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval",
@@ -186,7 +186,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
 
 
 def _export(stage2_dir: Path, export_dir: Path, eval_dir: Path):
-    from .export import export_model
+    from ..release.export import export_model
 
     # The demo's data is local and synthetic, so the card's front matter names no Hub dataset.
     return export_model(stage2_dir, export_dir, metrics=eval_dir, repo_id="your-org/rrg-demo", datasets=[],

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .fileio import write_bytes_atomic, write_text_atomic
+from ..fileio import write_bytes_atomic, write_text_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _check_model(model) -> None:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "image_token_id", None) is None or not hasattr(model, "get_image_features"):
         raise TypeError(
-            f"Expected an RRGForConditionalGeneration (e.g. from training.loading.load_trained), got {type(model).__name__}."
+            f"Expected an RRGForConditionalGeneration (e.g. from training.sft.loading.load_trained), got {type(model).__name__}."
         )
 
 
@@ -215,7 +215,7 @@ def eager_attention(model):
 # Data
 # --------------------------------------------------------------------------------------------
 def load_split_studies(
-    annotation_path: str | os.PathLike,
+    data_path: str | os.PathLike,
     split: str = "test",
     image_root: str | os.PathLike | None = None,
     max_studies: int | None = None,
@@ -223,10 +223,12 @@ def load_split_studies(
     include_ids: Sequence[str] = (),
 ) -> list[dict]:
     """
-    Studies of one split of an R2Gen-style `annotation.json`, optionally a random subset.
+    Studies of one split of a dataset, optionally a random subset.
 
     Args:
-        annotation_path (`str` or `os.PathLike`): The annotation file (see `training.data.load_annotation_json`).
+        data_path (`str` or `os.PathLike`):
+            Anything `rrg train` and `rrg evaluate` read: an `annotation.json` (or a folder holding one) or a Hugging
+            Face dataset (see [`training.data.loaders.load_splits`]).
         split (`str`, *optional*, defaults to `"test"`): `"train"`, `"val"`/`"validation"` or `"test"`.
         image_root (`str` or `os.PathLike`, *optional*): Folder the image paths are relative to.
         max_studies (`int`, *optional*): Sample this many studies (seeded, kept in file order); `None` keeps all.
@@ -236,16 +238,14 @@ def load_split_studies(
     Returns:
         `list[dict]` with `id`, `images` (list of absolute paths) and `report`.
     """
-    from .data import load_annotation_json
+    from ..data.loaders import load_splits, split_key
 
-    dataset = load_annotation_json(annotation_path, image_root=image_root, splits=[split])
-    name = next(iter(dataset))
-    rows = dataset[name]
+    rows = load_splits(data_path, splits=[split], image_root=image_root)[split_key(split)]
     ids = list(rows["id"])
     missing = [i for i in include_ids if i not in ids]
     if missing:
         raise ValueError(
-            f"Study id(s) {missing} are not in split {split!r} of {annotation_path} (first ids: {ids[:5]}); "
+            f"Study id(s) {missing} are not in split {split!r} of {data_path} (first ids: {ids[:5]}); "
             "pass an id of that split or choose another --split."
         )
     indices = list(range(len(ids)))
@@ -260,14 +260,14 @@ def load_split_studies(
 
 
 def _as_views(images) -> list:
-    """A study's views, loading paths with `training.data.load_image` (DICOM, 16-bit PNG)."""
+    """A study's views, loading paths with `training.data.images.load_image` (DICOM, 16-bit PNG)."""
     views = list(images) if isinstance(images, (list, tuple)) else [images]
     if not views:
         raise ValueError("A study has no images; every study needs at least one view.")
     out = []
     for view in views:
         if isinstance(view, (str, os.PathLike)):
-            from .data import load_image
+            from ..data.images import load_image
 
             view = load_image(view)
         out.append(view)
@@ -1324,7 +1324,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="Trained folder (stage output or its model/ folder).")
     parser.add_argument("--compare-model", help="A second trained folder (e.g. stage 1) analysed the same way.")
-    parser.add_argument("--data", required=True, help="R2Gen-style annotation.json.")
+    parser.add_argument("--data", required=True, help="annotation.json, a folder holding one, or a HF dataset.")
     parser.add_argument("--image-root", help="Folder the image paths are relative to (default: next to --data).")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-studies", type=int, default=32, help="Random subset of the split (0: all).")
@@ -1349,7 +1349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .loading import load_trained
+    from ..sft.loading import load_trained
 
     labels = tuple(part.strip() for part in args.labels.split(","))
     if len(labels) != 2:

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .fileio import write_json_atomic, write_text_atomic
+from ..data.loaders import describe_dataset
+from ..fileio import write_json_atomic, write_text_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
         predictions_path: JSONL file; rows whose id is already there are skipped (resume).
         batch_size (`int`): Studies per `generate` call (left padding).
         generation_kwargs (`dict`): Passed to `generate` (num_beams, max_new_tokens, repetition_penalty, ...).
-        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.load_image`).
+        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.images.load_image`).
         instruction (`str`, *optional*): Instruction override.
         shuffle_images_seed (`int`, *optional*): Control experiment: pair each study with another study's images
             (a fixed permutation), to measure how much the model reads the images.
@@ -74,7 +75,7 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
         All prediction rows (previously written ones included), in dataset order.
     """
     if image_loader is None:
-        from .data import load_image
+        from ..data.images import load_image
 
         image_loader = load_image
     predictions_path = Path(predictions_path)
@@ -112,7 +113,7 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
 def score_predictions(predictions: list[dict], labeler=None, tokenization: str = "r2gen", clean: str | None = "mimic",
                       meteor: bool = True) -> dict:
     """NLG metrics (on R2Gen-cleaned text by default, as the published tables) and clinical efficacy (raw text)."""
-    from .data import clean_report
+    from ..data.reports import clean_report
     from .scoring import compute_clinical_efficacy, compute_nlg_metrics
 
     preds = [row["prediction"] for row in predictions]
@@ -140,18 +141,14 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     and starts fresh). Every image of the evaluated rows is decoded before the first batch (`on_bad_rows="skip"`
     skips and counts rows with a bad image, duplicate id or image path outside the image root).
     """
-    from .image_check import check_rows
-    from .manifest import data_fingerprint, model_fingerprint
-    from .run_guard import guard_predictions
-
+    from ..data.image_check import check_rows
+    from ..data.loaders import load_splits, split_key
+    from ..manifest import data_fingerprint, model_fingerprint
+    from ..run_guard import guard_predictions
+    from ..sft.loading import load_trained, resolve_model_dir
     from .labeler import get_labeler
-    from .loading import load_trained, resolve_model_dir
-    from .train import RRGScriptArguments, load_splits, split_key
 
     output_dir = Path(output_dir)
-    args = RRGScriptArguments(dataset_path=str(data), dataset_format=dataset_format, image_root=image_root,
-                              train_split=split, eval_split=None, on_bad_rows=on_bad_rows,
-                              allow_outside_image_root=allow_outside_image_root)
     generation_kwargs = dict(generation_kwargs or {})
     manifest = {
         "model": model_fingerprint(model_path) if model_path else model_fingerprint(model=model),
@@ -166,7 +163,8 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     if model is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, processor = load_trained(model_path, merge=True, device=device)
-    dataset = load_splits(args)
+    dataset = load_splits(data, splits=[split], dataset_format=dataset_format, image_root=image_root,
+                          on_error=on_bad_rows, allow_outside_root=allow_outside_image_root)
     rows = list(dataset[split_key(split)])
     if max_samples:
         rows = rows[:max_samples]
@@ -185,7 +183,8 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
                                          [r["reference"] for r in predictions], bertscore_model))
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
-        "data": str(data), "split": split, "num_samples": len(predictions), "rows_skipped_for_images": skipped,
+        "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
+        "num_samples": len(predictions), "rows_skipped_for_images": skipped,
         "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })

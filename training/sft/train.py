@@ -10,11 +10,11 @@ the backbones (the paper's ablation without stage 1).
 Usage:
 
 ```bash
-rrg train --config training/recipes/demo_stage1.yaml
-rrg train --config training/recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
+rrg train --config training/sft/recipes/demo_stage1.yaml
+rrg train --config training/sft/recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
 # data-parallel, same command:
-torchrun --nproc_per_node 2 -m training.train --config training/recipes/demo_stage1.yaml
-accelerate launch --config_file training/recipes/accelerate/deepspeed_zero2.yaml -m training.train --config training/recipes/paper_stage2.yaml
+torchrun --nproc_per_node 2 -m training.sft.train --config training/sft/recipes/demo_stage1.yaml
+accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero2.yaml -m training.sft.train --config training/sft/recipes/paper_stage2.yaml
 ```
 
 Every recipe field can be overridden on the command line (`--learning_rate 1e-4`). Each stage writes checkpoints
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .fileio import replace_dir, write_json_atomic
+from ..fileio import replace_dir, write_json_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ __all__ = [
     "RRGDataCollator",
     "LORA_TARGETS",
     "lora_target_regex",
-    "split_key",
-    "load_splits",
+    "load_recipe_splits",
     "build_model_and_processor",
     "configure_trainable",
     "count_parameters",
@@ -125,55 +124,25 @@ def lora_target_regex(text_model_type: str, include_mlp: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- data
-def split_key(name: str) -> str:
-    """The DatasetDict key of a split name as users write it ("val" -> "validation"), as the loaders normalise it."""
-    from .data import SPLIT_ALIASES
-
-    return SPLIT_ALIASES.get(name.strip().lower(), name)
-
-
-def load_splits(args: RRGScriptArguments):
-    """Load the train / eval splits named by the recipe as a `DatasetDict` of `id`, `image_path`, `report` rows."""
-    from . import data
+def load_recipe_splits(args: RRGScriptArguments):
+    """Load the train / eval splits named by the recipe (see [`training.data.loaders.load_splits`])."""
+    from ..data.loaders import load_splits
 
     if args.dataset_path is None:
         raise ValueError("The recipe has no dataset_path; set it to an annotation.json, a dataset folder or a HF dataset.")
-    path = Path(args.dataset_path)
-    fmt = args.dataset_format
-    if fmt not in ("auto", "annotation", "hf"):
-        raise ValueError(f"dataset_format must be auto, annotation or hf; got {fmt!r}.")
-    annotation = None
-    if fmt in ("auto", "annotation"):
-        if path.name == "annotation.json" or (fmt == "annotation" and path.is_file()):
-            annotation = path
-        elif path.is_dir() and (path / "annotation.json").is_file():
-            annotation = path / "annotation.json"
-        elif fmt == "annotation":
-            raise FileNotFoundError(f"No annotation.json at {path}.")
-    splits = [s for s in (args.train_split, args.eval_split) if s]
-    clean = None if args.clean_reports in (None, "none") else args.clean_reports
-    if annotation is not None:
-        dataset = data.load_annotation_json(annotation, image_root=args.image_root, splits=splits, clean=clean,
-                                            on_error=args.on_bad_rows, section=args.report_section,
-                                            allow_outside_root=args.allow_outside_image_root)
-    else:
-        dataset = data.load_hf_dataset(str(path) if path.exists() else args.dataset_path,
-                                       image_column=args.image_column, report_column=args.report_column,
-                                       split_column=args.split_column, splits=splits, section=args.report_section,
-                                       clean=clean, on_error=args.on_bad_rows, image_root=args.image_root,
-                                       allow_outside_root=args.allow_outside_image_root)
-    for split in splits:
-        key = split_key(split)
-        if key not in dataset:
-            raise ValueError(f"Split {split!r} not found in {args.dataset_path}; it has {list(dataset)}.")
-    for name in dataset:
-        missing = {"image_path", "report"} - set(dataset[name].column_names)
-        if missing:
-            raise ValueError(
-                f"Split {name!r} of {args.dataset_path} lacks the column(s) {sorted(missing)} "
-                f"(has {dataset[name].column_names}); for HF datasets set image_column / report_column."
-            )
-    return dataset
+    return load_splits(
+        args.dataset_path,
+        splits=[args.train_split, args.eval_split],
+        dataset_format=args.dataset_format,
+        image_root=args.image_root,
+        clean=None if args.clean_reports in (None, "none") else args.clean_reports,
+        on_error=args.on_bad_rows,
+        section=args.report_section,
+        image_column=args.image_column,
+        report_column=args.report_column,
+        split_column=args.split_column,
+        allow_outside_root=args.allow_outside_image_root,
+    )
 
 
 class RRGDataCollator:
@@ -186,13 +155,13 @@ class RRGDataCollator:
         processor ([`RRGProcessor`]): The model's processor.
         max_length (`int`, *optional*): Truncate reports so sequences fit; prompts (and image tokens) are never cut.
         feature_cache ([`FeatureCache`], *optional*): Use cached features.
-        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.load_image`).
+        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.images.load_image`).
         instruction (`str`, *optional*): Instruction override.
     """
 
     def __init__(self, processor, max_length=None, feature_cache=None, image_loader=None, instruction=None):
         if image_loader is None:
-            from .data import load_image
+            from ..data.images import load_image
 
             image_loader = load_image
         self.processor = processor
@@ -395,11 +364,12 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    from ..data.loaders import split_key
     from .feature_cache import FeatureCache
 
     from transformers import set_seed
 
-    from .run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
+    from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
 
     start = time.time()
     state = PartialState()
@@ -413,7 +383,7 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     if state.is_main_process:
         guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=True)
     state.wait_for_everyone()
-    dataset = load_splits(args)
+    dataset = load_recipe_splits(args)
     train_split = split_key(args.train_split)
     eval_split = split_key(args.eval_split) if args.eval_split else None
     train_dataset = dataset[train_split]
@@ -520,7 +490,7 @@ _VOLATILE_TRAINING_FIELDS = {
 def run_manifest(args: RRGScriptArguments, training_args, model_args) -> dict:
     """What identifies a stage's run (see `training.run_guard`): the recipe, the starting model (folder + weights
     hash, or the backbones) and the data (path + content hash)."""
-    from .manifest import data_fingerprint, model_fingerprint
+    from ..manifest import data_fingerprint, model_fingerprint
 
     rrg = {k: v for k, v in asdict(args).items() if k not in ("overwrite",)}
     training = {k: v for k, v in _jsonable(training_args.to_dict()).items() if k not in _VOLATILE_TRAINING_FIELDS}
@@ -540,7 +510,7 @@ def run_manifest(args: RRGScriptArguments, training_args, model_args) -> dict:
 
 def _backbone_identity(path: str | None) -> dict:
     """A local backbone folder by its weights; a Hub id by name."""
-    from .manifest import files_fingerprint
+    from ..manifest import files_fingerprint
 
     if path and Path(path).is_dir():
         folder = Path(path).resolve()
@@ -550,8 +520,8 @@ def _backbone_identity(path: str | None) -> dict:
 
 
 def _check_split_images(args: RRGScriptArguments, train_dataset, eval_dataset):
-    """Decode every image of the rows this run uses before the first step (cached; see `training.image_check`)."""
-    from .image_check import check_rows
+    """Decode every image of the rows this run uses before the first step (cached; see `training.data.image_check`)."""
+    from ..data.image_check import check_rows
 
     skipped = {}
     out = []
@@ -590,12 +560,47 @@ def _versions() -> dict:
             "peft": peft.__version__}
 
 
+# transformers 5.24 renamed `gradient_checkpointing*` to `activation_checkpointing*` (the old names warn and go in v6);
+# releases before it know only the old names. Recipes use the new names; either is accepted and translated to what the
+# installed TrainingArguments has, so one recipe runs on every supported release without a deprecation warning.
+_CHECKPOINTING_NAMES = (("gradient_checkpointing", "activation_checkpointing"),
+                        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"))
+
+
+def _checkpointing_field_names(argv: list[str], config_class) -> list[str]:
+    import dataclasses
+    import tempfile
+
+    import yaml
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    wanted = {old: new for old, new in _CHECKPOINTING_NAMES} if "activation_checkpointing" in fields else \
+        {new: old for old, new in _CHECKPOINTING_NAMES}
+    out = []
+    for index, token in enumerate(argv):
+        flag, sep, value = token.partition("=")
+        if flag.startswith("--") and flag[2:] in wanted:
+            token = f"--{wanted[flag[2:]]}{sep}{value}"
+        elif index > 0 and argv[index - 1] == "--config" and Path(token).is_file():
+            recipe = yaml.safe_load(Path(token).read_text()) or {}
+            if isinstance(recipe, dict) and any(key in wanted for key in recipe):
+                renamed = {wanted.get(key, key): value for key, value in recipe.items()}
+                handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="rrg-recipe-", delete=False)
+                with handle:
+                    yaml.safe_dump(renamed, handle)
+                logger.info("Recipe %s: %s read as %s for this transformers release.", token,
+                            ", ".join(k for k in recipe if k in wanted), ", ".join(wanted[k] for k in recipe if k in wanted))
+                token = handle.name
+        out.append(token)
+    return out
+
+
 def parse_args(argv=None):
     """Parse `--config recipe.yaml` plus command-line overrides into (RRGScriptArguments, SFTConfig, ModelConfig)."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
     parser = TrlParser((RRGScriptArguments, SFTConfig, ModelConfig))
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _checkpointing_field_names(list(sys.argv[1:] if argv is None else argv), SFTConfig)
     try:
         args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:

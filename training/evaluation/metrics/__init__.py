@@ -2,14 +2,14 @@
 
 Each sub-folder holds one `evaluate` metric script named like its folder, so
 `evaluate.load(path_to_folder)` finds it without the Hub. The scripts are thin wrappers around
-`training.scoring` (no duplicated logic), so the `rrg` package must be importable
+`training.evaluation.scoring` (no duplicated logic), so the `rrg` package must be importable
 (`pip install -e .` or run from the repository root).
 
 Example:
 
 ```python
 >>> import evaluate
->>> from training.metrics import NLG_METRIC_PATH
+>>> from training.evaluation.metrics import NLG_METRIC_PATH
 >>> nlg = evaluate.load(str(NLG_METRIC_PATH))  # doctest: +SKIP
 >>> nlg.compute(predictions=["no effusion ."], references=["no effusion ."], meteor=False)["BLEU-1"]  # doctest: +SKIP
 ```

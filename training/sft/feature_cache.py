@@ -59,13 +59,13 @@ class FeatureCache:
         cache_dir (`str` or `Path`): Root folder; entries go to `cache_dir/<encoder fingerprint>/`.
         model ([`RRGForConditionalGeneration`]): The model whose (frozen) vision tower computes the features.
         processor ([`RRGProcessor`]): Its processor (image preprocessing).
-        image_loader (`callable`, *optional*): Reads a path to a PIL image (defaults to `training.data.load_image`,
+        image_loader (`callable`, *optional*): Reads a path to a PIL image (defaults to `training.data.images.load_image`,
             which also reads DICOM).
     """
 
     def __init__(self, cache_dir, model, processor, image_loader=None):
         if image_loader is None:
-            from .data import load_image
+            from ..data.images import load_image
 
             image_loader = load_image
         self.model = model
