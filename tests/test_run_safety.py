@@ -293,7 +293,7 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(source, tmp_path,
     data = _copy(source, tmp_path)
     (data / "annotation.json").write_bytes(b'{"train": [{"id": "\xe9"}]}')
     argv = ["train", "--dataset_path", str(data), "--output_dir", str(tmp_path / "o"), "--vision_model", "v",
-            "--text_model", "t", "--use_cpu", "true", "--report_to", "none"]
+            "--text_model", "t", "--use_cpu", "true", "--report_to", "none", "--activation_checkpointing", "false"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
