@@ -205,6 +205,7 @@ def _predictions(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "predictions.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_another_models_or_settings_predictions(source, models, tmp_path, capsys):
     a, b = models
     out = tmp_path / "eval"
