@@ -25,31 +25,27 @@ def _rows(data):
     return list(load_synthetic(data)["test"])
 
 
-def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path):
+def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path, monkeypatch):
     root, data, model, processor = setup
     gen = {"max_new_tokens": 8, "min_new_tokens": 8}
     full = evaluate(None, data, output_dir=tmp_path / "full", batch_size=3, generation_kwargs=gen, model=model,
                     processor=processor, meteor=False)
 
-    class Crashing:
-        """Wraps the model and dies on the third generate call, as a killed run would."""
+    calls = {"n": 0}
+    generate = model.generate
 
-        def __init__(self, inner):
-            self.inner, self.calls = inner, 0
-
-        def generate(self, **kwargs):
-            self.calls += 1
-            if self.calls == 3:
-                raise KeyboardInterrupt
-            return self.inner.generate(**kwargs)
-
-        def parameters(self):
-            return self.inner.parameters()
+    def dies_on_third_call(**kwargs):  # as a killed run would
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return generate(**kwargs)
 
     part = tmp_path / "part"
+    monkeypatch.setattr(model, "generate", dies_on_third_call)
     with pytest.raises(KeyboardInterrupt):
-        generate_reports(Crashing(model), processor, _rows(data), part / "predictions.jsonl", batch_size=3,
-                         generation_kwargs=gen)
+        evaluate(None, data, output_dir=part, batch_size=3, generation_kwargs=gen, model=model, processor=processor,
+                 meteor=False)
+    monkeypatch.undo()
     written = read_predictions(part / "predictions.jsonl")
     assert len(written) == 6
     with open(part / "predictions.jsonl", "a") as handle:  # a write cut in the middle of a line

@@ -11,10 +11,12 @@ rrg push      FOLDER --repo-id ORG/NAME [--private] [--dry-run]   upload to the 
 rrg plan      --config RECIPE.yaml [--gpu a100 --mfu 0.4]   parameters, FLOPs, memory and GPU-hours of a GPU recipe
 rrg serve     MODEL [--port 7860] [--write-space DIR]       browser demo (Gradio) of an export or a Hub id
 ```
-Each sub-command has its own `--help`.
+Each sub-command has its own `--help`. An error prints one line on stderr (`rrg <command>: error: ...`) and exits
+with status 1; add `--debug` anywhere to see the full traceback instead.
 """
 
 import importlib
+import logging
 import sys
 
 
@@ -43,6 +45,8 @@ def _usage() -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(_usage())
         return 0
@@ -51,9 +55,30 @@ def main(argv=None) -> int:
         sys.stderr.write(f"rrg: unknown command {command!r}.\n\n" + _usage())
         return 2
     module_name, function, _ = COMMANDS[command]
-    module = importlib.import_module(module_name)
-    result = getattr(module, function)(rest)
+    try:
+        module = importlib.import_module(module_name)
+        result = getattr(module, function)(rest)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write(f"rrg {command}: interrupted.\n")
+        return 130
+    except Exception as err:  # every failure reaches the user as one line; --debug shows where it came from
+        if debug:
+            raise
+        logging.getLogger(__name__).debug("rrg %s failed", command, exc_info=True)
+        sys.stderr.write(f"rrg {command}: error: {_one_line(err)} (add --debug for the traceback)\n")
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def _one_line(err: BaseException) -> str:
+    # Built-in errors that carry only a path or a key read badly alone ("[Errno 2] ...", "'x'"): name their type.
+    text = " ".join(str(err).split())
+    if not text or isinstance(err, (KeyError, AttributeError, TypeError, NameError, ImportError, OSError)) \
+            and not isinstance(err, FileNotFoundError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ..fileio import write_bytes_atomic
 from .chexpert import CHEXPERT_OBSERVATIONS
-from .images import is_dicom
+from .images import load_image
 from .reports import REPORT_SECTIONS, clean_report, select_section
 
 __all__ = [
@@ -99,27 +99,52 @@ def _check_images(paths: Sequence[Path], verify: bool, where: str, problems: "_P
 
 
 def _verify_image(path: Path) -> str | None:
-    """Returns a problem description or `None`."""
-    if is_dicom(path):
-        try:
-            import pydicom
-
-            pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as err:  # pydicom raises many types for broken files
-            return f"corrupt DICOM {path}: {err}"
-        return None
+    """Returns a problem description or `None`: the image is decoded in full, as training will decode it (a header
+    check passes truncated files)."""
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as err:  # PIL raises many types for broken files
-        return f"corrupt image {path}: {err}"
+        if path.stat().st_size == 0:
+            return f"empty (zero-byte) image file {path}"
+        load_image(path)
+    except Exception as err:  # PIL and pydicom raise many types for broken files
+        return f"corrupt image {path}: {err.__cause__ or err}"  # the cause: load_image's message repeats the path
     return None
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of `path`; a byte that is not UTF-8 is an error naming the file, the byte and where it is."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at byte offset {err.start} (line {line}, "
+            f"byte {column} of the line) cannot be decoded ({err.reason}); re-save the file as UTF-8."
+        ) from None
+
+
+def _outside_root(value: str | os.PathLike, root: Path) -> bool:
+    """Whether a path from the data escapes `root` (absolute, or `..` leading out). Lexical on purpose: an image
+    root may hold symlinks to another disk, which are inside it as far as the data is concerned."""
+    root = os.path.abspath(root)
+    joined = os.path.abspath(os.path.join(root, value))  # an absolute value replaces the root here
+    return os.path.commonpath([joined, root]) != root
+
+
+_OUTSIDE_FIX = "image paths must stay inside the image root; set allow_outside_image_root (recipe field, or " \
+               "--allow-outside-image-root for `rrg evaluate`) if the data really points elsewhere"
 
 
 
 # --------------------------------------------------------------------------------------------
 # Row normalisation shared by the loaders
 # --------------------------------------------------------------------------------------------
+# How a user skips bad rows, in each entry point.
+_SKIP_OPTIONS = ("`on_bad_rows: skip` in a training recipe, `--on-bad-rows skip` for `rrg evaluate`, "
+                 "on_error='skip' in Python")
+
+
 class _Problems:
     """Collects bad rows: raises at once (`on_error="raise"`) or counts them (`"skip"`)."""
 
@@ -133,7 +158,7 @@ class _Problems:
     def report(self, where: str, problem: str, fix: str = "", error: type[Exception] = ValueError) -> None:
         message = f"{self.source}, {where}: {problem}"
         if self.on_error == "raise":
-            hint = fix or "fix the row, or pass on_error='skip' to skip bad rows"
+            hint = f"{fix or 'fix the row'}; or skip bad rows: {_SKIP_OPTIONS}"
             raise error(f"{message} ({hint}).")
         self.skipped.append(message)
 
@@ -188,7 +213,7 @@ def _process_report(raw: Any, section: str, clean: str | None, where: str, probl
     text = text.strip()
     if not text:
         what = "report is empty" if not raw.strip() else f"report has no {section!r} text"
-        problems.report(where, what, "fill in the report, choose another `section=`, or pass on_error='skip'")
+        problems.report(where, what, "fill in the report or choose another `section=`")
         return None
     return text
 
@@ -223,6 +248,7 @@ def load_annotation_json(
     on_error: str = "raise",
     section: str = "both",
     verify_images: bool = False,
+    allow_outside_root: bool = False,
 ) -> datasets.DatasetDict:
     """
     Loads an R2Gen-style `annotation.json` (IU X-Ray, MIMIC-CXR, or the synthetic benchmark).
@@ -248,6 +274,10 @@ def load_annotation_json(
         verify_images (`bool`, *optional*, defaults to `False`):
             Also open every image header to catch corrupt files up front (slower). Missing files
             are always caught; corrupt ones otherwise surface in [`load_image`] with the path.
+        allow_outside_root (`bool`, *optional*, defaults to `False`):
+            Accept image paths that leave `image_root` (absolute, or `..` leading out); refused by default.
+
+    A study id used twice in a split is a bad row (the error names both rows; skipping keeps the first).
 
     Returns:
         `datasets.DatasetDict` with the columns listed in the module docstring.
@@ -256,8 +286,7 @@ def load_annotation_json(
     if not annotation_path.is_file():
         raise FileNotFoundError(f"Annotation file not found: {annotation_path}")
     try:
-        with open(annotation_path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(_read_utf8(annotation_path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{annotation_path} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
@@ -288,6 +317,7 @@ def load_annotation_json(
     for split in wanted:
         key = file_splits[split]
         rows = []
+        first_row: dict[str, int] = {}
         entries = data[key]
         for i, entry in enumerate(tqdm(entries, desc=f"Reading {key}", disable=len(entries) < 5000)):
             where = f"split {key!r} row {i}"
@@ -299,7 +329,17 @@ def load_annotation_json(
                 problems.report(where, f"missing key(s) {missing_keys} (has {sorted(entry)})")
                 continue
             where = f"split {key!r} row {i} (id {entry['id']!r})"
-            paths = [image_root / str(p) for p in _as_path_list(entry["image_path"], where)]
+            if str(entry["id"]) in first_row:
+                problems.report(where, f"duplicate id {str(entry['id'])!r}: row {first_row[str(entry['id'])]} has it "
+                                       "too", "give each study its own id")
+                continue
+            raw_paths = _as_path_list(entry["image_path"], where)
+            escaping = [str(p) for p in raw_paths if not allow_outside_root and _outside_root(str(p), image_root)]
+            if escaping:
+                problems.report(where, f"image path {escaping[0]!r} is outside the image root {image_root}",
+                                _OUTSIDE_FIX)
+                continue
+            paths = [image_root / str(p) for p in raw_paths]
             if not paths:
                 problems.report(where, "image_path is empty")
                 continue
@@ -308,6 +348,7 @@ def load_annotation_json(
             report = _process_report(entry["report"], section, clean, where, problems)
             if report is None:
                 continue
+            first_row[str(entry["id"])] = i
             rows.append(
                 {
                     "id": str(entry["id"]),
@@ -373,18 +414,17 @@ def _open_hf(name_or_path: str, cache_dir: str | None) -> tuple[datasets.Dataset
 
 def _read_metadata(meta: Path) -> datasets.Dataset:
     rows: list[dict] = []
+    text = _read_utf8(meta)
     if meta.suffix == ".jsonl":
-        with open(meta, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{meta}, line {n}: invalid JSON ({err}).") from err
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{meta}, line {n}: invalid JSON ({err}).") from err
     else:
-        with open(meta, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows:
         raise ValueError(f"{meta} has no rows.")
     columns = sorted({k for r in rows for k in r})
@@ -392,7 +432,7 @@ def _read_metadata(meta: Path) -> datasets.Dataset:
     return datasets.Dataset.from_dict({c: [r.get(c) for r in rows] for c in columns})
 
 
-def _materialise_image(value: Any, base: Path | None, cache: Path, where: str) -> Path:
+def _materialise_image(value: Any, base: Path | None, cache: Path, where: str, allow_outside_root: bool = True) -> Path:
     """Turns one image entry (path, `{"path", "bytes"}` dict or PIL image) into a file path."""
     if isinstance(value, dict):
         data, src = value.get("bytes"), value.get("path")
@@ -417,6 +457,8 @@ def _materialise_image(value: Any, base: Path | None, cache: Path, where: str) -
         return target
     if isinstance(value, (str, os.PathLike)):
         p = Path(value)
+        if base is not None and not allow_outside_root and _outside_root(p, base):
+            raise ValueError(f"{where}: image path {str(value)!r} is outside the image root {base} ({_OUTSIDE_FIX})")
         if not p.is_absolute() and base is not None:
             p = base / p
         return p.resolve()
@@ -442,6 +484,7 @@ def load_hf_dataset(
     image_cache_dir: str | os.PathLike | None = None,
     cache_dir: str | None = None,
     verify_images: bool = False,
+    allow_outside_root: bool = False,
 ) -> datasets.DatasetDict:
     """
     Loads a report-generation dataset through the Hugging Face `datasets` library.
@@ -483,7 +526,11 @@ def load_hf_dataset(
         image_cache_dir (`str` or `os.PathLike`, *optional*):
             Where decoded images are written; defaults to `~/.cache/rrg/images`.
         cache_dir (`str`, *optional*): `datasets` cache folder.
-        verify_images (`bool`, *optional*, defaults to `False`): Open every image header up front.
+        verify_images (`bool`, *optional*, defaults to `False`): Decode every image up front.
+        allow_outside_root (`bool`, *optional*, defaults to `False`):
+            Accept image paths that leave the image root (absolute, or `..` leading out); refused by default.
+
+    A study id used twice in a split is a bad row (the error names both rows; skipping keeps the first).
 
     Returns:
         `datasets.DatasetDict` with the columns listed in the module docstring.
@@ -527,6 +574,7 @@ def load_hf_dataset(
 
     problems = _Problems(on_error, source)
     rows_by_split: dict[str, list[dict]] = {}
+    first_row: dict[tuple[str, str], str] = {}
     for split_name, ds in dsd.items():
         default_split = None if split_column else _normalise_split(split_name, source)
         for i, row in enumerate(tqdm(ds, desc=f"Reading {split_name}", disable=ds.num_rows < 5000)):
@@ -543,8 +591,13 @@ def load_hf_dataset(
                 continue
             ex_id = str(row[id_column]) if id_column else f"{split_name}_{i}"
             where = f"split {split_name!r} row {i} (id {ex_id!r})"
+            if (split, ex_id) in first_row:
+                problems.report(where, f"duplicate id {ex_id!r}: {first_row[split, ex_id]} has it too",
+                                "give each study its own id")
+                continue
             try:
-                paths = [_materialise_image(v, base, cache, where) for v in _as_path_list(row[image_column], where)]
+                paths = [_materialise_image(v, base, cache, where, allow_outside_root)
+                         for v in _as_path_list(row[image_column], where)]
             except (TypeError, ValueError) as err:
                 problems.report(where, str(err))
                 continue
@@ -568,6 +621,7 @@ def load_hf_dataset(
             report = _process_report(raw, sec, clean, where, problems)
             if report is None:
                 continue
+            first_row[split, ex_id] = f"split {split_name!r} row {i}"
             rows_by_split.setdefault(split, []).append(
                 {
                     "id": ex_id,
@@ -635,6 +689,7 @@ def load_splits(
     image_column: str = "image",
     report_column: str | None = "report",
     split_column: str | None = None,
+    allow_outside_root: bool = False,
 ) -> datasets.DatasetDict:
     """
     Loads the named splits of any supported source: an `annotation.json` (or a folder holding one, like the synthetic
@@ -648,7 +703,7 @@ def load_splits(
         splits (`Sequence[str]`): Splits to load (`"train"`, `"val"`/`"validation"`, `"test"`); each must exist.
         dataset_format (`str`, *optional*, defaults to `"auto"`):
             `"annotation"`, `"hf"`, or `"auto"` (an `annotation.json` when there is one, else `"hf"`).
-        image_root, clean, on_error, section: See [`load_annotation_json`].
+        image_root, clean, on_error, section, allow_outside_root: See [`load_annotation_json`].
         image_column, report_column, split_column: See [`load_hf_dataset`] (ignored for `annotation.json`).
 
     Returns:
@@ -671,11 +726,12 @@ def load_splits(
     splits = [s for s in splits if s]
     if annotation is not None:
         dataset = load_annotation_json(annotation, image_root=image_root, splits=splits, clean=clean,
-                                       on_error=on_error, section=section)
+                                       on_error=on_error, section=section, allow_outside_root=allow_outside_root)
     else:
         dataset = load_hf_dataset(str(path) if path.exists() else source, image_column=image_column,
                                   report_column=report_column, split_column=split_column, splits=splits,
-                                  section=section, clean=clean, on_error=on_error, image_root=image_root)
+                                  section=section, clean=clean, on_error=on_error, image_root=image_root,
+                                  allow_outside_root=allow_outside_root)
     for split in splits:
         if split_key(split) not in dataset:
             raise ValueError(f"Split {split!r} not found in {source}; it has {list(dataset)}.")

@@ -131,22 +131,46 @@ def score_predictions(predictions: list[dict], labeler=None, tokenization: str =
 def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
              generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
-             model=None, processor=None, bertscore_model=None) -> dict:
-    """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
-    from .labeler import get_labeler
-    from ..sft.loading import load_trained, resolve_model_dir
+             model=None, processor=None, bertscore_model=None, on_bad_rows="raise", allow_outside_image_root=False,
+             overwrite=False) -> dict:
+    """
+    Generate + score one split; returns the metrics dict (also written to `output_dir`).
+
+    `predictions.jsonl` is resumed only when its `manifest.json` (model weights, data, split, sample limit, generation
+    settings) equals this call's; otherwise it is refused, naming the differing fields (`overwrite=True` deletes it
+    and starts fresh). Every image of the evaluated rows is decoded before the first batch (`on_bad_rows="skip"`
+    skips and counts rows with a bad image, duplicate id or image path outside the image root).
+    """
+    from ..data.image_check import check_rows
     from ..data.loaders import load_splits, split_key
+    from ..manifest import data_fingerprint, model_fingerprint
+    from ..run_guard import guard_predictions
+    from ..sft.loading import load_trained, resolve_model_dir
+    from .labeler import get_labeler
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    generation_kwargs = dict(generation_kwargs or {})
+    manifest = {
+        "model": model_fingerprint(model_path) if model_path else model_fingerprint(model=model),
+        "data": {**data_fingerprint(data), "format": dataset_format,
+                 "image_root": str(Path(image_root).resolve()) if image_root else None},
+        "split": split_key(split), "max_samples": max_samples, "on_bad_rows": on_bad_rows,
+        "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
+        "shuffle_images_seed": shuffle_images_seed,
+    }
+    # Refuse before loading anything heavy: these predictions must not mix with another model's or setting's.
+    guard_predictions(output_dir, manifest, overwrite=overwrite)
     if model is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, processor = load_trained(model_path, merge=True, device=device)
-    dataset = load_splits(data, splits=[split], dataset_format=dataset_format, image_root=image_root)
+    dataset = load_splits(data, splits=[split], dataset_format=dataset_format, image_root=image_root,
+                          on_error=on_bad_rows, allow_outside_root=allow_outside_image_root)
     rows = list(dataset[split_key(split)])
     if max_samples:
         rows = rows[:max_samples]
-    generation_kwargs = dict(generation_kwargs or {})
+    good = check_rows(rows, split, str(data), on_bad_rows, max_views=processor.max_views)
+    skipped = len(rows) - len(good)
+    rows = [rows[i] for i in good]
     predictions = generate_reports(model, processor, rows, output_dir / "predictions.jsonl", batch_size=batch_size,
                                    generation_kwargs=generation_kwargs, shuffle_images_seed=shuffle_images_seed)
     labeler_obj = get_labeler(labeler, **(labeler_kwargs or {}))
@@ -160,7 +184,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
-        "num_samples": len(predictions),
+        "num_samples": len(predictions), "rows_skipped_for_images": skipped,
         "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })
@@ -197,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Local encoder checkpoint folder for BERTScore (optional; nothing is downloaded).")
     p.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="Control: give each study another study's images.")
+    p.add_argument("--on-bad-rows", default="raise", choices=["raise", "skip"],
+                   help="Rows with a missing/corrupt image, an empty report, a duplicate id or an image path outside "
+                        "the image root: stop with an error naming them (raise) or skip and count them (skip).")
+    p.add_argument("--allow-outside-image-root", action="store_true",
+                   help="Accept image paths that leave the image root (absolute, or '..').")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Delete predictions/metrics already in --output-dir and start fresh (needed when they came "
+                        "from another model, data or settings).")
     return p
 
 
@@ -215,7 +247,8 @@ def main(argv=None) -> int:
                        labeler_kwargs=labeler_kwargs, tokenization=a.tokenization,
                        clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor,
                        image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images,
-                       bertscore_model=a.bertscore_model)
+                       bertscore_model=a.bertscore_model, on_bad_rows=a.on_bad_rows,
+                       allow_outside_image_root=a.allow_outside_image_root, overwrite=a.overwrite)
     from .scoring import metrics_to_markdown
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")

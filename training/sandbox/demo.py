@@ -131,7 +131,8 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
 
     pooling = ["--num_visual_tokens", str(config.num_visual_tokens)] if config.num_visual_tokens else []
     common = ["--dataset_path", str(data), "--feature_cache_dir", str(out / "features"), *pooling, "--use_cpu", "true",
-              "--disable_tqdm", "false", "--eval_strategy", "no", "--seed", str(config.seed)]
+              "--disable_tqdm", "false", "--eval_strategy", "no", "--seed", str(config.seed),
+              "--overwrite", "true"]  # a demo rerun retrains its stages (and so re-evaluates) from scratch
     stage1_dir, stage2_dir = out / "stage1", out / "stage2"
     with _timed("stage1", timings):
         args = parse_args(["--config", str(RECIPES / "demo_stage1.yaml"), "--output_dir", str(stage1_dir),
@@ -151,16 +152,17 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
         model, processor = load_trained(stage2_dir, merge=True)
         true_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval",
                                 batch_size=config.eval_batch_size, generation_kwargs=generation, model=model,
-                                processor=processor)
+                                processor=processor, overwrite=True)
         shuffled_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval_shuffled",
                                     batch_size=config.eval_batch_size, generation_kwargs=generation, model=model,
-                                    processor=processor, shuffle_images_seed=config.seed)
+                                    processor=processor, shuffle_images_seed=config.seed, overwrite=True)
         stage1_metrics = None
         if evaluate_stage1:
             stage1_model, stage1_processor = load_trained(stage1_dir)
             stage1_metrics = evaluate(stage1_dir, data, split="test", output_dir=out / "eval_stage1",
                                       batch_size=config.eval_batch_size, generation_kwargs=generation,
-                                      model=stage1_model, processor=stage1_processor, meteor=False)
+                                      model=stage1_model, processor=stage1_processor, meteor=False,
+                                      overwrite=True)
 
     exported = None
     if export:

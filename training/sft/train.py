@@ -86,7 +86,17 @@ class RRGScriptArguments:
     eval_split: str | None = field(default="validation", metadata={"help": "Split to evaluate on; none to skip."})
     report_section: str = field(default="both", metadata={"help": "findings | impression | both"})
     clean_reports: str | None = field(default=None, metadata={"help": "R2Gen-style cleaning: mimic | iu | none"})
-    on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skipped rows are counted in a warning)"})
+    on_bad_rows: str = field(
+        default="raise",
+        metadata={"help": "raise | skip: rows with a missing/corrupt image, an empty report, a duplicate id or an image "
+                          "path outside image_root (skipped rows are counted in a warning)."},
+    )
+    allow_outside_image_root: bool = field(
+        default=False, metadata={"help": "Accept image paths that leave the image root (absolute, or '..')."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete a previous run in output_dir (finished, or of another recipe) first."}
+    )
     max_train_samples: int | None = field(default=None)
     max_eval_samples: int | None = field(default=None)
     vision_model: str | None = field(default=None, metadata={"help": "Vision backbone (when not starting from an rrg folder)."})
@@ -132,6 +142,7 @@ def load_recipe_splits(args: RRGScriptArguments):
         image_column=args.image_column,
         report_column=args.report_column,
         split_column=args.split_column,
+        allow_outside_root=args.allow_outside_image_root,
     )
 
 
@@ -363,11 +374,21 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
 
     from transformers import set_seed
 
+    from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
+
     start = time.time()
     training_args = distributed.setup(training_args)  # first: multi-process on CPU, or refuse
     state = PartialState()
     set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
     dtype = _resolve_dtype(model_args.dtype)
+    # Before anything is written to output_dir: is it ours to write (new, or the resume of this very run)?
+    manifest = run_manifest(args, training_args, model_args)
+    resume_requested = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
+    guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=False)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=True)
+    state.wait_for_everyone()
     dataset = load_recipe_splits(args)
     train_split = split_key(args.train_split)
     eval_split = split_key(args.eval_split) if args.eval_split else None
@@ -379,6 +400,8 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
         eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
     if len(train_dataset) == 0:
         raise ValueError(f"The {train_split!r} split of {args.dataset_path} has no rows.")
+    with state.main_process_first():  # the others then read the check cache
+        train_dataset, eval_dataset, skipped_images = _check_split_images(args, train_dataset, eval_dataset)
 
     with distributed.model_init_context(training_args):
         model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
@@ -410,7 +433,8 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
                                instruction=args.instruction)
     trainer_cls = distributed.trainer_class(SFTTrainer, training_args)
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=processor, data_collator=collator, peft_config=peft_config)
+                          processing_class=processor, data_collator=collator, peft_config=peft_config,
+                          callbacks=[LogOnSaveCallback()])
     counts = count_parameters(trainer.model)
     logger.info(
         "Stage %d: %s trainable parameters, %s frozen (%s).", args.stage, f"{counts['trainable_parameters']:,}",
@@ -440,7 +464,10 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
         "base_models": base_models,
         "datasets": [str(args.dataset_path)],
         "train_rows": len(train_dataset),
-        "train_loss": result.training_loss,
+        "rows_skipped_for_images": skipped_images,
+        # Over the whole run: a resumed run's own `training_loss` covers only the steps after the resume.
+        "train_loss": whole_run_loss(trainer.state.log_history, trainer.state.global_step) or result.training_loss,
+        "run_manifest": manifest,
         "eval": eval_metrics,
         "global_step": trainer.state.global_step,
         "gradient_checkpointing": _checkpointing_active(trainer.model),
@@ -453,9 +480,69 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     state_dict = distributed.full_state_dict(trainer)  # collective: every rank takes part
     if state.is_main_process:
         final = save_stage_outputs(trainer, processor, args, training_args, model_args, summary, state_dict)
+        mark_training_finished(training_args.output_dir, summary)
         logger.info("Stage %d done: %s", args.stage, final)
     state.wait_for_everyone()
     return final or Path(training_args.output_dir) / "model"
+
+
+# Fields that do not change what a run computes: they may differ between a run and its resume.
+_VOLATILE_TRAINING_FIELDS = {
+    "output_dir", "logging_dir", "resume_from_checkpoint", "run_name", "report_to", "logging_steps",
+    "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "disable_tqdm", "save_total_limit",
+    "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers", "push_to_hub",
+    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
+    "overwrite_output_dir", "local_rank", "log_level", "log_level_replica", "log_on_each_node",
+    "trackio_space_id", "project",
+}
+
+
+def run_manifest(args: RRGScriptArguments, training_args, model_args) -> dict:
+    """What identifies a stage's run (see `training.run_guard`): the recipe, the starting model (folder + weights
+    hash, or the backbones) and the data (path + content hash)."""
+    from ..manifest import data_fingerprint, model_fingerprint
+
+    rrg = {k: v for k, v in asdict(args).items() if k not in ("overwrite",)}
+    training = {k: v for k, v in _jsonable(training_args.to_dict()).items() if k not in _VOLATILE_TRAINING_FIELDS}
+    if model_args.model_name_or_path and Path(model_args.model_name_or_path).exists():
+        start = model_fingerprint(model_args.model_name_or_path)
+    elif model_args.model_name_or_path:
+        start = {"folder": str(model_args.model_name_or_path)}  # a missing folder is reported when it is loaded
+    else:
+        start = {name: _backbone_identity(path) for name, path in (("vision", args.vision_model),
+                                                                    ("text", args.text_model))}
+    return {
+        "recipe": {"rrg": _jsonable(rrg), "model": _jsonable(asdict(model_args)), "training": training},
+        "start_model": start,
+        "data": data_fingerprint(args.dataset_path) if args.dataset_path else None,
+    }
+
+
+def _backbone_identity(path: str | None) -> dict:
+    """A local backbone folder by its weights; a Hub id by name."""
+    from ..manifest import files_fingerprint
+
+    if path and Path(path).is_dir():
+        folder = Path(path).resolve()
+        files = [f for f in folder.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin")]
+        return {"folder": str(folder), "weights_sha256": files_fingerprint(files, folder) if files else None}
+    return {"name": path}
+
+
+def _check_split_images(args: RRGScriptArguments, train_dataset, eval_dataset):
+    """Decode every image of the rows this run uses before the first step (cached; see `training.data.image_check`)."""
+    from ..data.image_check import check_rows
+
+    skipped = {}
+    out = []
+    for name, split in ((args.train_split, train_dataset), (args.eval_split, eval_dataset)):
+        if split is None:
+            out.append(None)
+            continue
+        good = check_rows(split, name, str(args.dataset_path), args.on_bad_rows)
+        skipped[name] = len(split) - len(good)
+        out.append(split if len(good) == len(split) else split.select(good))
+    return out[0], out[1], skipped
 
 
 def _checkpointing_active(model) -> bool:
