@@ -110,27 +110,20 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
 
 
 def score_predictions(predictions: list[dict], labeler=None, tokenization: str = "r2gen", clean: str | None = "mimic",
-                      meteor: bool = True) -> dict:
-    """NLG metrics (on R2Gen-cleaned text by default, as the published tables) and clinical efficacy (raw text)."""
-    from .data import clean_report
-    from .scoring import compute_clinical_efficacy, compute_nlg_metrics
+                      meteor: bool = True, **scoring_kwargs) -> dict:
+    """Every metric with its bootstrap interval ([`~training.scorecard.score_reports`]): NLG metrics on R2Gen-cleaned
+    text, the named CE variants on raw text; `scoring_kwargs` (reference_max_tokens, bertscore_model,
+    radgraph_model, replicates, ...) are passed on."""
+    from .scorecard import score_reports
 
-    preds = [row["prediction"] for row in predictions]
-    refs = [row["reference"] for row in predictions]
-    if clean:
-        nlg_preds = [clean_report(p, style=clean) if p.strip() else "" for p in preds]
-        nlg_refs = [clean_report(r, style=clean) for r in refs]
-    else:
-        nlg_preds, nlg_refs = preds, refs
-    nlg = compute_nlg_metrics(nlg_preds, nlg_refs, tokenization=tokenization, meteor=meteor)
-    ce = compute_clinical_efficacy(preds, refs, labeler=labeler)
-    return {**nlg, "nlg_text_cleaning": clean or "none", "clinical_efficacy": ce}
+    return score_reports([row["prediction"] for row in predictions], [row["reference"] for row in predictions],
+                         labeler=labeler, clean=clean, tokenization=tokenization, meteor=meteor, **scoring_kwargs)
 
 
 def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
              generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
-             model=None, processor=None, bertscore_model=None) -> dict:
+             model=None, processor=None, bertscore_model=None, **scoring_kwargs) -> dict:
     """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
     from .labeler import get_labeler
     from .loading import load_trained, resolve_model_dir
@@ -152,12 +145,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
                                    generation_kwargs=generation_kwargs, shuffle_images_seed=shuffle_images_seed)
     labeler_obj = get_labeler(labeler, **(labeler_kwargs or {}))
     metrics = score_predictions(predictions, labeler=labeler_obj, tokenization=tokenization, clean=clean,
-                                meteor=meteor)
-    if bertscore_model:
-        from .scoring import compute_bertscore
-
-        metrics.update(compute_bertscore([r["prediction"] for r in predictions],
-                                         [r["reference"] for r in predictions], bertscore_model))
+                                meteor=meteor, bertscore_model=bertscore_model, **scoring_kwargs)
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "split": split, "num_samples": len(predictions),
@@ -195,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-meteor", action="store_true")
     p.add_argument("--bertscore-model", default=None,
                    help="Local encoder checkpoint folder for BERTScore (optional; nothing is downloaded).")
+    p.add_argument("--bertscore-layer", type=int, default=None, help="Hidden layer for BERTScore (default: last).")
+    p.add_argument("--radgraph-model", default=None,
+                   help="Local RadGraph model folder (config.json, vocabulary/, weights.th) for RadGraph-F1.")
+    p.add_argument("--reference-max-tokens", type=int, default=None, metavar="N",
+                   help="R2Gen protocol: cut references to max sequence length N before scoring (default: untruncated).")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="REPLICATES",
+                   help="Bootstrap replicates for the 95%% intervals (0: none).")
     p.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="Control: give each study another study's images.")
     return p
@@ -215,7 +210,9 @@ def main(argv=None) -> int:
                        labeler_kwargs=labeler_kwargs, tokenization=a.tokenization,
                        clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor,
                        image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images,
-                       bertscore_model=a.bertscore_model)
+                       bertscore_model=a.bertscore_model, bertscore_layer=a.bertscore_layer,
+                       radgraph_model=a.radgraph_model, reference_max_tokens=a.reference_max_tokens,
+                       replicates=a.bootstrap)
     from .scoring import metrics_to_markdown
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")

@@ -34,6 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+RADGRAPH_METRIC_NAMES = ("RadGraph-F1-simple", "RadGraph-F1-partial", "RadGraph-F1-complete")
 NLG_METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 TOKENIZATIONS = {
@@ -385,6 +386,9 @@ def compute_bertscore(
         "BERTScore-P": sum(precisions) / n,
         "BERTScore-R": sum(recalls) / n,
         "BERTScore-F1": sum(f1s) / n,
+        "BERTScore-P_per_report": precisions,
+        "BERTScore-R_per_report": recalls,
+        "BERTScore-F1_per_report": f1s,
         "bertscore_model": str(model_path),
         "bertscore_layer": layer,
         "bertscore_settings": (
@@ -413,24 +417,31 @@ def metrics_to_markdown(metrics: dict) -> str:
         raise TypeError(f"`metrics` must be a dict, got {type(metrics).__name__}.")
     flat: dict = {}
     for key, value in metrics.items():
-        if isinstance(value, dict) and key != "per_observation":
+        if isinstance(value, dict) and key not in ("per_observation", "confidence_intervals"):
             flat.update(value)
         else:
             flat[key] = value
 
-    lines = ["| Metric | Value |", "| --- | ---: |"]
+    intervals = flat.get("confidence_intervals") or {}
+
+    def row(label: str, key: str) -> str:
+        ci = intervals.get(key)
+        span = f"[{_fmt(ci['low'])}, {_fmt(ci['high'])}]" if ci else ""
+        return f"| {label} | {_fmt(flat[key])} | {span} |"
+
+    lines = ["| Metric | Value | 95% CI |", "| --- | ---: | :---: |"]
     for name in NLG_METRIC_NAMES:
         if name in flat:
-            lines.append(f"| {name} | {_fmt(flat[name])} |")
+            lines.append(row(name, name))
     for suffix, label in (("14", "14 obs."), ("5", "5 obs.")):
         for avg in ("micro", "macro"):
             for name, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
                 key = f"{name}_{avg}_{suffix}"
                 if key in flat:
-                    lines.append(f"| CE {short} ({avg}, {label}) | {_fmt(flat[key])} |")
-    for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1"):
+                    lines.append(f"| CE {short} ({avg}, {label}) | {_fmt(flat[key])} | |")
+    for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1", *RADGRAPH_METRIC_NAMES):
         if key in flat:
-            lines.append(f"| {key} | {_fmt(flat[key])} |")
+            lines.append(row(key, key))
     notes = []
     if "tokenization" in flat:
         notes.append(f"- NLG tokenization: {flat['tokenization']}")
@@ -440,6 +451,10 @@ def metrics_to_markdown(metrics: dict) -> str:
         notes.append(f"- Clinical efficacy labeler: `{flat['labeler']}`")
     if "positive_definition" in flat:
         notes.append(f"- Positive label: {flat['positive_definition']}")
+    if "reference_truncation" in flat:
+        notes.append(f"- References: {flat['reference_truncation']}")
+    if "confidence_interval_method" in flat:
+        notes.append(f"- Intervals: {flat['confidence_interval_method']}")
     for warning in flat.get("warnings", []) or []:
         notes.append(f"- Warning: {warning}")
     text = "\n".join(lines) + "\n"
@@ -460,4 +475,7 @@ def metrics_to_markdown(metrics: dict) -> str:
                     f"{_fmt(s['recall'])} | {_fmt(s['f1'])} |"
                 )
         text += "\n### Clinical efficacy per observation\n\n" + "\n".join(rows) + "\n"
+    from .ce_variants import ce_variants_markdown
+
+    text += ce_variants_markdown(metrics)
     return text
