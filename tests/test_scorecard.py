@@ -117,7 +117,7 @@ def test_paired_test_zero_difference():
 
 def test_radgraph_pair_f1_hand_made_graphs_and_missing_model(tmp_path):
     pytest.importorskip("radgraph")
-    from training.radgraph_f1 import RadGraphScorer, radgraph_pair_f1
+    from training.radgraph_f1 import RadGraphScorer, radgraph_f1_from_annotations, radgraph_pair_f1
 
     def ent(tokens, label, relations=()):
         return {"tokens": tokens, "label": label, "start_ix": 0, "end_ix": 0, "relations": [list(r) for r in relations]}
@@ -128,8 +128,49 @@ def test_radgraph_pair_f1_hand_made_graphs_and_missing_model(tmp_path):
     # -> P 1/2, R 1/3, F1 0.4; complete: same single match -> 0.4
     assert radgraph_pair_f1(hyp, ref) == pytest.approx({"simple": 0.8, "partial": 0.4, "complete": 0.4})
     assert radgraph_pair_f1(ref, ref) == pytest.approx({"simple": 1.0, "partial": 1.0, "complete": 1.0})
+    # per-report scores, empty reports 0, mean as the package's F1RadGraph
+    per_report = radgraph_f1_from_annotations([hyp, ref, None], [ref, ref, ref])
+    assert per_report["RadGraph-F1-partial"] == pytest.approx([0.4, 1.0, 0.0])
+    with pytest.raises(ValueError, match="Report 0"):
+        radgraph_f1_from_annotations([{"nodes": {}}], [ref])
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         RadGraphScorer(tmp_path / "absent")
     (tmp_path / "model").mkdir()
     with pytest.raises(FileNotFoundError, match="weights.th"):
         RadGraphScorer(tmp_path / "model")
+
+
+def test_radgraph_runtime_check_names_the_transformers_incompatibility(tmp_path):
+    pytest.importorskip("radgraph")
+    from transformers import PreTrainedTokenizerBase
+
+    from training.radgraph_f1 import RadGraphScorer
+
+    model = tmp_path / "radgraph"
+    (model / "vocabulary").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "weights.th").write_bytes(b"")
+    if hasattr(PreTrainedTokenizerBase, "encode_plus"):
+        pytest.skip("this transformers still has encode_plus; the radgraph package can run")
+    with pytest.raises(RuntimeError, match="encode_plus"):
+        RadGraphScorer(model)
+
+
+def test_model_card_rows_use_the_metrics_json_names():
+    from training.ce_variants import card_rows
+
+    metrics = compute_ce_variants([{"Edema": 1}], [{"Edema": 1}], "chexbert")
+    rows = dict(card_rows(metrics))
+    assert rows["`ce_chexbert_f1_micro_14_uncertain_negative` (R2Gen, R2GenCMN, R2GenGPT)"] == 1.0
+    assert any(name.startswith("`ce_chexbert_f1_micro_5_uncertain_positive`") for name in rows)
+    assert card_rows({"BLEU-1": 0.3}) == []
+
+
+def test_score_reports_takes_saved_radgraph_annotations():
+    pytest.importorskip("radgraph")
+    graph = {"entities": {"1": {"tokens": "edema", "label": "OBS-DP", "start_ix": 0, "end_ix": 0, "relations": []}}}
+    other = {"entities": {"1": {"tokens": "effusion", "label": "OBS-DP", "start_ix": 0, "end_ix": 0, "relations": []}}}
+    m = score_reports(["Mild edema.", "Effusion."], ["Mild edema.", "No effusion."], meteor=False, replicates=20,
+                      radgraph_annotations=([graph, other], [graph, graph]))
+    assert m["RadGraph-F1-partial"] == pytest.approx(0.5)
+    assert "RadGraph-F1-partial" in m["confidence_intervals"]

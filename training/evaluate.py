@@ -120,10 +120,23 @@ def score_predictions(predictions: list[dict], labeler=None, tokenization: str =
                          labeler=labeler, clean=clean, tokenization=tokenization, meteor=meteor, **scoring_kwargs)
 
 
+def load_radgraph_annotations(path, predictions: list[dict]) -> tuple[list, list]:
+    """Saved RadGraph graphs (`{study id: {"prediction": graph, "reference": graph}}`) in prediction order."""
+    graphs = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(graphs, dict):
+        raise ValueError(f"{path}: expected a JSON object keyed by study id, got {type(graphs).__name__}.")
+    missing = [str(row["id"]) for row in predictions if str(row["id"]) not in graphs]
+    if missing:
+        raise ValueError(f"{path}: no RadGraph annotations for {len(missing)} studies (e.g. {missing[:3]}).")
+    pairs = [graphs[str(row["id"])] for row in predictions]
+    return [p.get("prediction") for p in pairs], [p.get("reference") for p in pairs]
+
+
 def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
              generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
-             model=None, processor=None, bertscore_model=None, **scoring_kwargs) -> dict:
+             model=None, processor=None, bertscore_model=None, radgraph_annotations_path=None,
+             **scoring_kwargs) -> dict:
     """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
     from .labeler import get_labeler
     from .loading import load_trained, resolve_model_dir
@@ -144,6 +157,8 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     predictions = generate_reports(model, processor, rows, output_dir / "predictions.jsonl", batch_size=batch_size,
                                    generation_kwargs=generation_kwargs, shuffle_images_seed=shuffle_images_seed)
     labeler_obj = get_labeler(labeler, **(labeler_kwargs or {}))
+    if radgraph_annotations_path:
+        scoring_kwargs["radgraph_annotations"] = load_radgraph_annotations(radgraph_annotations_path, predictions)
     metrics = score_predictions(predictions, labeler=labeler_obj, tokenization=tokenization, clean=clean,
                                 meteor=meteor, bertscore_model=bertscore_model, **scoring_kwargs)
     metrics.update({
@@ -186,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bertscore-layer", type=int, default=None, help="Hidden layer for BERTScore (default: last).")
     p.add_argument("--radgraph-model", default=None,
                    help="Local RadGraph model folder (config.json, vocabulary/, weights.th) for RadGraph-F1.")
+    p.add_argument("--radgraph-annotations", default=None, metavar="JSON",
+                   help="RadGraph annotations saved elsewhere: {study id: {'prediction': graph, 'reference': graph}}.")
     p.add_argument("--reference-max-tokens", type=int, default=None, metavar="N",
                    help="R2Gen protocol: cut references to max sequence length N before scoring (default: untruncated).")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="REPLICATES",
@@ -211,7 +228,8 @@ def main(argv=None) -> int:
                        clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor,
                        image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images,
                        bertscore_model=a.bertscore_model, bertscore_layer=a.bertscore_layer,
-                       radgraph_model=a.radgraph_model, reference_max_tokens=a.reference_max_tokens,
+                       radgraph_model=a.radgraph_model, radgraph_annotations_path=a.radgraph_annotations,
+                       reference_max_tokens=a.reference_max_tokens,
                        replicates=a.bootstrap)
     from .scoring import metrics_to_markdown
 

@@ -13,7 +13,14 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["RADGRAPH_LEVELS", "check_radgraph_folder", "radgraph_pair_f1", "RadGraphScorer"]
+__all__ = [
+    "RADGRAPH_LEVELS",
+    "check_radgraph_folder",
+    "check_radgraph_runtime",
+    "radgraph_pair_f1",
+    "radgraph_f1_from_annotations",
+    "RadGraphScorer",
+]
 
 RADGRAPH_LEVELS = ("simple", "partial", "complete")
 
@@ -42,6 +49,40 @@ def radgraph_pair_f1(hypothesis: dict, reference: dict) -> dict[str, float]:
     return {"simple": float(simple), "partial": float(partial), "complete": float(complete)}
 
 
+def check_radgraph_runtime() -> None:
+    """The `radgraph` package (0.1.18, the newest release) tokenizes with `tokenizer.encode_plus`, which
+    transformers 5 removed: say so plainly instead of failing deep inside the package."""
+    from transformers import PreTrainedTokenizerBase
+
+    if not hasattr(PreTrainedTokenizerBase, "encode_plus"):
+        import transformers
+
+        raise RuntimeError(
+            f"The installed radgraph package cannot annotate reports with transformers {transformers.__version__}: "
+            "it calls tokenizer.encode_plus, which transformers 5 removed. Annotate the reports with radgraph in an "
+            "environment with transformers<5 and score the saved annotations with "
+            "training.radgraph_f1.radgraph_f1_from_annotations."
+        )
+
+
+def radgraph_f1_from_annotations(hypotheses: list[dict | None], references: list[dict | None]) -> dict[str, list]:
+    """Per-report RadGraph-F1 at each level from RadGraph annotations (the package's output per report); a missing
+    annotation (`None`, an empty report) scores 0, as in the package's `F1RadGraph`."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"Got {len(hypotheses)} hypothesis annotations but {len(references)} reference annotations.")
+    per_report = {f"RadGraph-F1-{level}": [] for level in RADGRAPH_LEVELS}
+    for i, (h, r) in enumerate(zip(hypotheses, references)):
+        if h is None or r is None:
+            f1 = dict.fromkeys(RADGRAPH_LEVELS, 0.0)
+        else:
+            if not isinstance(h, dict) or "entities" not in h or not isinstance(r, dict) or "entities" not in r:
+                raise ValueError(f"Report {i}: a RadGraph annotation is a dict with an 'entities' mapping.")
+            f1 = radgraph_pair_f1(h, r)
+        for level in RADGRAPH_LEVELS:
+            per_report[f"RadGraph-F1-{level}"].append(f1[level])
+    return per_report
+
+
 class RadGraphScorer:
     """Annotate reports with a local RadGraph model and score pairs.
 
@@ -57,7 +98,11 @@ class RadGraphScorer:
         known = ("radgraph", "radgraph-xl", "modern-radgraph-xl", "echograph")
         self.model_type = model_type or (model_dir.name if model_dir.name in known else "radgraph-xl")
         self.model_dir = model_dir
-        from radgraph import RadGraph
+        try:
+            from radgraph import RadGraph
+        except ImportError as error:
+            raise ImportError("RadGraph-F1 needs the `radgraph` package: `pip install rrg[radgraph]`.") from error
+        check_radgraph_runtime()
 
         # the package looks for `<cache dir>/<model_type>` and downloads when it is absent: point it at a
         # temporary cache holding a link to the user's folder, so it can only load that
@@ -74,10 +119,9 @@ class RadGraphScorer:
         """Per-report RadGraph-F1 at each level (an empty report scores 0, as in the package's `F1RadGraph`)."""
         keep = [i for i, (p, r) in enumerate(zip(predictions, references, strict=True)) if p.strip() and r.strip()]
         annotations = self.annotate([predictions[i] for i in keep] + [references[i] for i in keep]) if keep else []
-        per_report = {f"RadGraph-F1-{level}": [0.0] * len(predictions) for level in RADGRAPH_LEVELS}
+        hyp, ref = [None] * len(predictions), [None] * len(predictions)
         for j, i in enumerate(keep):
-            f1 = radgraph_pair_f1(annotations[j], annotations[j + len(keep)])
-            for level in RADGRAPH_LEVELS:
-                per_report[f"RadGraph-F1-{level}"][i] = f1[level]
+            hyp[i], ref[i] = annotations[j], annotations[j + len(keep)]
+        per_report = radgraph_f1_from_annotations(hyp, ref)
         return {"per_report": per_report, "radgraph_model": str(self.model_dir), "radgraph_model_type": self.model_type,
                 "radgraph_settings": "radgraph package compute_reward; partial = RG_ER (the usual RadGraph-F1)"}

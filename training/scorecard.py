@@ -38,7 +38,8 @@ class _CachedLabeler:
 
 def metric_stats(predictions: list[str], references: list[str], labeler=None, clean: str | None = "mimic",
                  tokenization: str = "r2gen", meteor: bool = True, reference_max_tokens: int | None = None,
-                 bertscore_model=None, bertscore_layer: int | None = None, radgraph_model=None) -> tuple[list, dict]:
+                 bertscore_model=None, bertscore_layer: int | None = None, radgraph_model=None,
+                 radgraph_annotations: tuple[list, list] | None = None) -> tuple[list, dict]:
     """Per-report statistics of every metric (for [`confidence_intervals`] and `rrg compare`) and the extras.
 
     Returns:
@@ -127,6 +128,12 @@ def metric_stats(predictions: list[str], references: list[str], labeler=None, cl
         for name, values in rg.pop("per_report").items():
             stats.append(mean_stats(name, values))
         record.update(rg)
+    elif radgraph_annotations is not None:
+        from .radgraph_f1 import radgraph_f1_from_annotations
+
+        for name, values in radgraph_f1_from_annotations(*radgraph_annotations).items():
+            stats.append(mean_stats(name, values))
+        record["radgraph_settings"] = "from saved RadGraph annotations; radgraph package compute_reward"
     return stats, record
 
 
@@ -149,7 +156,7 @@ class _CEVariants:
 def score_reports(predictions: list[str], references: list[str], labeler=None, clean: str | None = "mimic",
                   tokenization: str = "r2gen", meteor: bool = True, reference_max_tokens: int | None = None,
                   bertscore_model=None, bertscore_layer: int | None = None, radgraph_model=None,
-                  replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict:
+                  radgraph_annotations: tuple[list, list] | None = None, replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict:
     """Score generated reports against references: every metric, its 95% bootstrap interval, and how it was made.
 
     Args:
@@ -161,6 +168,8 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
         reference_max_tokens (`int`, *optional*): R2Gen's protocol: cut references to this max sequence length.
         bertscore_model, bertscore_layer: Local encoder folder (and hidden layer) for BERTScore.
         radgraph_model: Local RadGraph model folder for RadGraph-F1.
+        radgraph_annotations: `(prediction graphs, reference graphs)` saved from the radgraph package, one per
+            report, instead of a model (the package cannot run on transformers 5).
         replicates (`int`): Bootstrap replicates (0 skips the intervals).
         seed (`int`): Seed of the resampling.
 
@@ -183,7 +192,7 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
     stats, record = metric_stats(predictions, references, labeler=labeler, clean=clean, tokenization=tokenization,
                                  meteor=meteor, reference_max_tokens=reference_max_tokens,
                                  bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
-                                 radgraph_model=radgraph_model)
+                                 radgraph_model=radgraph_model, radgraph_annotations=radgraph_annotations)
     result = {m.name: m.value() for m in stats}
     if replicates:
         result["confidence_intervals"] = confidence_intervals(stats, replicates=replicates, seed=seed)
