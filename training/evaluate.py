@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .data import describe_dataset
 from .fileio import write_json_atomic, write_text_atomic
 
 
@@ -163,7 +164,8 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
                                 meteor=meteor, bertscore_model=bertscore_model, **scoring_kwargs)
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
-        "data": str(data), "split": split, "num_samples": len(predictions),
+        "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
+        "num_samples": len(predictions),
         "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })

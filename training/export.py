@@ -30,7 +30,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .data import describe_dataset
 from .fileio import replace_dir
+from .release.tested_versions import load_tested_versions, render_tested_versions
 from .loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
 
 
@@ -164,6 +166,14 @@ def _looks_like_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not Path(name).exists() and not name.startswith(".")
 
 
+def hub_id_of(name: str) -> str | None:
+    """The Hub id a backbone came from: the id itself, or the `org/name` of a Hugging Face cache snapshot folder."""
+    if _looks_like_hub_id(name):
+        return name
+    match = re.search(r"models--([\w.-]+?)--([\w.-]+)/snapshots/", str(Path(name).resolve()) + "/")
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
 def _flat_recipe(summary: dict) -> dict:
     """A stage's recipe as one flat dict (training writes `{"rrg": ..., "model": ..., "training": ...}`)."""
     recipe = summary.get("recipe") or {}
@@ -228,6 +238,7 @@ def build_card_context(
     datasets: list[str] | None = None,
     adapter: bool = False,
     base_model_id: str | None = None,
+    base_models_override: list[str] | None = None,
 ) -> dict:
     """
     Everything the model card template needs, read from the run (never typed by hand).
@@ -241,13 +252,24 @@ def build_card_context(
             left out of the front matter).
         adapter (`bool`, *optional*): The export keeps a LoRA adapter instead of merging it.
         base_model_id (`str`, *optional*): With `adapter`, the Hub id of the stage-1 model the adapter loads onto.
+        base_models_override (`list[str]`, *optional*): Hub ids for `base_model` when the run's backbones were local
+            folders (defaults to the recorded backbones that are Hub ids or Hub cache snapshots).
     """
     summaries = collect_run_summaries(model_dir)
     final = summaries[-1]
     bases = _base_models(summaries)
-    base_model = [bases[k] for k in ("vision", "text") if k in bases and _looks_like_hub_id(bases[k])]
+    # The Hub links the model tree through `base_model`: the encoder and LLM the run started from (Hub ids, or the
+    # ids of the Hub cache snapshots they were loaded from), plus the stage-1 model an adapter loads onto.
+    base_model = [hub_id_of(bases[k]) for k in ("vision", "text") if k in bases and hub_id_of(bases[k])]
+    if base_models_override:
+        base_model = list(base_models_override)
     if adapter and base_model_id:
         base_model = [base_model_id]
+    if not base_model:
+        logger.warning(
+            "The run started from local backbones (%s) that name no Hub model; the card has no base_model. Pass "
+            "--base-model org/name for each.", ", ".join(bases.values()) or "none recorded",
+        )
     recorded = [str(d) for s in summaries for d in (s.get("datasets") or [])]
     if datasets is None:
         datasets = [d for d in dict.fromkeys(recorded) if _looks_like_hub_id(d)]
@@ -257,7 +279,7 @@ def build_card_context(
                 "The run trained on local data (%s); it is described in the card but not linked in its front matter. "
                 "Pass --dataset org/name for Hub datasets.", ", ".join(local),
             )
-    trained_on = list(dict.fromkeys([Path(d).name if not _looks_like_hub_id(d) else d for d in recorded]))
+    trained_on = list(dict.fromkeys(describe_dataset(d) for d in recorded))
 
     results, ce_rows, labeler, split, eval_dataset = [], [], None, None, None
     if metrics:
@@ -271,9 +293,9 @@ def build_card_context(
         ]
         labeler = ce.get("labeler") or metrics.get("labeler")
         split = metrics.get("split")
-        eval_dataset = metrics.get("data")
-        if eval_dataset is not None:
-            eval_dataset = str(eval_dataset) if _looks_like_hub_id(str(eval_dataset)) else Path(str(eval_dataset)).name
+        eval_dataset = metrics.get("dataset_name") or metrics.get("data")
+        if eval_dataset is not None and not metrics.get("dataset_name"):
+            eval_dataset = describe_dataset(str(eval_dataset))
     model_name = repo_id.split("/")[-1] if repo_id else Path(model_dir).resolve().name
     max_views = _max_views(model_dir)
     return {
@@ -296,6 +318,7 @@ def build_card_context(
         "num_eval_samples": (metrics or {}).get("num_samples"),
         "generation": (metrics or {}).get("generation"),
         "supported_transformers": SUPPORTED_TRANSFORMERS,
+        "tested_versions": render_tested_versions(load_tested_versions()),
         "pipeline_task": PIPELINE_TASK,
         "max_views": max_views,
         "example_views": ["frontal.png", "lateral.png"][: max(1, min(max_views, 2))],
@@ -395,6 +418,7 @@ def export_model(
     repo_id: str | None = None,
     license: str = DEFAULT_LICENSE,
     datasets: list[str] | None = None,
+    base_models: list[str] | None = None,
     max_shard_size: str | int = "5GB",
     dtype: str | None = None,
     max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS,
@@ -414,6 +438,7 @@ def export_model(
         repo_id (`str`, *optional*): The Hub id the card's quick start loads (`org/name`).
         license (`str`, *optional*): License id for the card.
         datasets (`list[str]`, *optional*): Hub dataset ids for the card (default: those the run recorded).
+        base_models (`list[str]`, *optional*): Hub ids for the card's `base_model` when the backbones were local folders.
         max_shard_size (`str` or `int`, *optional*): Safetensors shard size (`"5GB"`, `"500MB"`, ...).
         dtype (`str`, *optional*): Save the weights in `"float32"`, `"bfloat16"` or `"float16"`.
         max_new_tokens (`int`, *optional*): Default report length written to `generation_config.json` when the
@@ -446,7 +471,7 @@ def export_model(
     metrics_dict = metrics if isinstance(metrics, dict) or metrics is None else read_metrics(metrics)
     context = build_card_context(
         source, metrics=metrics_dict, repo_id=repo_id, license=license, datasets=datasets, adapter=keep_adapter,
-        base_model_id=base_model_id,
+        base_model_id=base_model_id, base_models_override=base_models,
     )
     card = render_model_card(context)
 
@@ -643,6 +668,9 @@ def export_main(argv=None) -> int:
     parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"License id for the card (default {DEFAULT_LICENSE}).")
     parser.add_argument("--dataset", action="append", dest="datasets",
                         help="Hub dataset id for the card (repeatable); default: those the run recorded.")
+    parser.add_argument("--base-model", action="append", dest="base_models",
+                        help="Hub id of a backbone the run started from, for the card's base_model (repeatable; default: "
+                        "the recorded backbones that are Hub ids or Hub cache snapshots).")
     parser.add_argument("--max-shard-size", default="5GB", help="Safetensors shard size (default 5GB).")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="Save the weights in this dtype.")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
@@ -654,7 +682,7 @@ def export_main(argv=None) -> int:
         out = export_model(
             args.model, args.output_dir, merge_lora=not args.keep_adapter, base_model_id=args.base_model_id,
             metrics=args.metrics, repo_id=args.repo_id, license=args.license, datasets=args.datasets,
-            max_shard_size=args.max_shard_size, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+            base_models=args.base_models, max_shard_size=args.max_shard_size, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
             overwrite=args.overwrite,
         )
     except (ValueError, TypeError, FileNotFoundError) as err:
