@@ -1,8 +1,9 @@
 """Generate reports for a split and score them: `rrg evaluate`.
 
 Writes `predictions.jsonl` (id, reference, prediction, image paths; appended batch by batch, so a killed run resumes
-from what it already wrote), `metrics.json` (BLEU-1..4, METEOR, ROUGE-L, CIDEr as pycocoevalcap computes them, and
-clinical efficacy with the labeler named) and `metrics.md`.
+from what it already wrote), `metrics.json` (BLEU-1..4, METEOR, ROUGE-L, CIDEr equal to pycocoevalcap's, every named
+clinical-efficacy variant, optional BERTScore / RadGraph-F1, 95% bootstrap intervals, the cleaning and reference
+protocol) and `metrics.md` (see `training.scorecard`).
 
 Usage:
 
