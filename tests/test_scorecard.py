@@ -161,8 +161,8 @@ def test_model_card_rows_use_the_metrics_json_names():
 
     metrics = compute_ce_variants([{"Edema": 1}], [{"Edema": 1}], "chexbert")
     rows = dict(card_rows(metrics))
-    assert rows["`ce_chexbert_f1_micro_14_uncertain_negative` (R2Gen, R2GenCMN, R2GenGPT)"] == 1.0
-    assert any(name.startswith("`ce_chexbert_f1_micro_5_uncertain_positive`") for name in rows)
+    assert rows["ce_chexbert_f1_micro_14_uncertain_negative"] == 1.0
+    assert rows["ce_chexbert_f1_micro_5_uncertain_positive"] == 1.0 and len(rows) == 8
     assert card_rows({"BLEU-1": 0.3}) == []
 
 

@@ -192,16 +192,17 @@ def ce_variants_markdown(metrics: dict) -> str:
 
 def card_rows(metrics: dict) -> list[tuple[str, float]]:
     """The CE rows a model card shows: each paper row of [`PAPER_VARIANTS`] (P, R, F1 for the R2Gen row, F1 for
-    the others) under its metrics.json name, so the card quotes exactly what metrics.json holds."""
+    the others) under its metrics.json name (also the front matter's metric type), so the card quotes exactly
+    what metrics.json holds."""
     names = [k for k in metrics if isinstance(k, str) and k.startswith("ce_") and "_uncertain_" in k]
     if not names:
         return []
     labeler = names[0].split("_")[1]
     rows = []
-    for row, _, papers in PAPER_VARIANTS:
+    for row, _, _ in PAPER_VARIANTS:
         averaging, labels, _, policy = row.split("_")
         for metric in _METRICS if row == PAPER_VARIANTS[0][0] else ("f1",):
             name = variant_name(labeler, metric, averaging, labels, policy)
             if isinstance(metrics.get(name), (int, float)):
-                rows.append((f"`{name}` ({papers.split(' (')[0]})", float(metrics[name])))
+                rows.append((name, float(metrics[name])))
     return rows
