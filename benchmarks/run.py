@@ -43,7 +43,7 @@ def timed(fn, repeat=3):
 
 
 def bench_synthetic(tmp: Path) -> dict:
-    from training.synthetic import generate_synthetic_dataset
+    from training.sandbox.synthetic import generate_synthetic_dataset
 
     n = 600
     start = time.perf_counter()
@@ -54,7 +54,7 @@ def bench_synthetic(tmp: Path) -> dict:
 
 
 def demo_model():
-    from training.tiny import build_tiny_model, train_bpe_tokenizer
+    from training.sandbox.tiny import build_tiny_model, train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(vocab_size=600)
     model, processor = build_tiny_model(tokenizer=tokenizer, image_size=64, patch_size=16, hidden_size=96,
@@ -65,9 +65,9 @@ def demo_model():
 def bench_training(tmp: Path, model, processor) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from training.data import load_synthetic
-    from training.feature_cache import FeatureCache
-    from training.train import RRGDataCollator, lora_target_regex
+    from training.data.loaders import load_synthetic
+    from training.sft.feature_cache import FeatureCache
+    from training.sft.train import RRGDataCollator, lora_target_regex
 
     rows = list(load_synthetic(tmp / "synthetic")["train"].select(range(16)))
     cache = FeatureCache(tmp / "features", model, processor)
@@ -93,7 +93,8 @@ def bench_training(tmp: Path, model, processor) -> dict:
 
 
 def bench_generation(tmp: Path, model, processor) -> dict:
-    from training.data import load_image, load_synthetic
+    from training.data.images import load_image
+    from training.data.loaders import load_synthetic
 
     model.eval()
     rows = list(load_synthetic(tmp / "synthetic")["train"].select(range(16)))

@@ -21,7 +21,7 @@ def _offline_env(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from training.tiny import train_bpe_tokenizer
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     return train_bpe_tokenizer()
 
@@ -29,7 +29,7 @@ def tokenizer():
 @pytest.fixture()
 def tiny(tokenizer):
     """A fresh tiny (model, processor) pair with a 32 px ViT and a 2-layer LLaMA."""
-    from training.tiny import build_tiny_model
+    from training.sandbox.tiny import build_tiny_model
 
     model, processor = build_tiny_model(tokenizer=tokenizer)
     model.eval()

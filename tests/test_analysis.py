@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from helpers import xray
-from training import analysis
-from training.analysis import (
+from training.analysis import report as analysis
+from training.analysis.report import (
     ATTENTION_CATEGORIES,
     attention_category_shares,
     eager_attention,
@@ -23,7 +23,7 @@ from training.analysis import (
     token_attribution,
     visual_token_grid,
 )
-from training.tiny import build_tiny_model
+from training.sandbox.tiny import build_tiny_model
 
 
 VISUAL = ATTENTION_CATEGORIES.index("visual")

@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.chexpert import CHEXPERT_OBSERVATIONS
-from training.data import (
-    FEATURES,
-    clean_report,
-    load_annotation_json,
-    load_hf_dataset,
-    load_image,
-    read_dicom,
-    select_section,
-    split_sections,
-)
+from training.data.chexpert import CHEXPERT_OBSERVATIONS
+from training.data.loaders import FEATURES, load_annotation_json, load_hf_dataset
+from training.data.reports import clean_report, select_section, split_sections
+from training.data.images import load_image, read_dicom
 
 
 def _png(path, value=100, size=24, mode="L"):
@@ -180,7 +173,7 @@ def test_annotation_json_missing_image_raises_or_skips(tmp_path, caplog):
     (tmp_path / "images/CXRtrain2_IM-0002/1.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"row 2.*CXRtrain2_IM-0002/1\.png"):
         load_annotation_json(ann)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.loaders"):
         dsd = load_annotation_json(ann, on_error="skip")
     assert dsd["train"].num_rows == 2 and "CXRtrain2_IM-0002" not in dsd["train"]["id"]
     assert "Skipped 1 bad row" in caplog.text and "CXRtrain2_IM-0002/1.png" in caplog.text
@@ -201,7 +194,7 @@ def test_annotation_json_empty_report_empty_split_and_bad_keys(tmp_path, caplog)
     _rewrite(ann, lambda d: d["train"][0].update(report="  "))
     with pytest.raises(ValueError, match=r"split 'train' row 0 .*report is empty"):
         load_annotation_json(ann)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.loaders"):
         assert load_annotation_json(ann, on_error="skip")["train"].num_rows == 2
     assert "report is empty" in caplog.text
     # Only one validation row, and it is bad: the split would be empty, which is always an error.
@@ -258,7 +251,7 @@ def test_csv_with_dicom_paths_and_bad_rows(tmp_path, caplog):
     )
     with pytest.raises(ValueError, match=r"row 1 \(id 's1'\).*report is empty"):
         load_hf_dataset(csv_path, image_column="dicom", report_column="text", split_column="split", id_column="sid")
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.loaders"):
         dsd = load_hf_dataset(csv_path, image_column="dicom", report_column="text", split_column="split", id_column="sid", on_error="skip", clean="mimic")
     assert "Skipped 2 bad row" in caplog.text and "9.dcm" in caplog.text
     assert dsd["train"]["id"] == ["s0"] and dsd["test"]["id"] == ["s2"]

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from training.demo import DemoConfig, run_demo
+from training.sandbox.demo import DemoConfig, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,9 @@ def test_demo_writes_the_documented_layout(demo):
 
 
 def test_model_reads_the_images(demo):
-    from training.data import load_synthetic
-    from training.loading import load_trained
-    from training.train import RRGDataCollator
+    from training.data.loaders import load_synthetic
+    from training.sft.loading import load_trained
+    from training.sft.train import RRGDataCollator
 
     out, summary = demo
     model, processor = load_trained(out / "stage2")

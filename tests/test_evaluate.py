@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from training.evaluate import evaluate, generate_reports, read_predictions
+from training.evaluation.evaluator import evaluate, generate_reports, read_predictions
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from training.synthetic import generate_synthetic_dataset
-    from training.tiny import build_tiny_model
+    from training.sandbox.synthetic import generate_synthetic_dataset
+    from training.sandbox.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("eval")
     data = generate_synthetic_dataset(root / "data", num_train=4, num_val=2, num_test=10, image_size=32, seed=1)
@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
 
 
 def _rows(data):
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     return list(load_synthetic(data)["test"])
 
@@ -99,8 +99,8 @@ def test_cli_lists_commands_and_dispatches(capsys):
 
 @pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "paper_stage1", "paper_stage2"])
 def test_shipped_recipes_parse(name):
-    from training.demo import RECIPES
-    from training.train import parse_args
+    from training.sandbox.demo import RECIPES
+    from training.sft.train import parse_args
 
     # GPU recipes are validated on CPU with bf16 switched off (TrainingArguments refuses bf16 without a GPU).
     cpu = ["--bf16", "false", "--use_cpu", "true"] if name.startswith("paper") else []
@@ -122,8 +122,8 @@ def test_evaluate_cli_on_a_saved_adapter_folder_with_beam_search_and_bertscore(s
     from peft import LoraConfig, get_peft_model
     from transformers import BertConfig, BertModel
 
-    from training.loading import COMPLETE_MARKER
-    from training.train import lora_target_regex
+    from training.sft.loading import COMPLETE_MARKER
+    from training.sft.train import lora_target_regex
 
     root, data, model, processor = setup
     base = tmp_path / "base"

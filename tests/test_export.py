@@ -19,7 +19,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 # ------------------------------------------------------------------------------------------- run fixtures
 def _summary(stage: int, mode: str, model, base_models: dict, datasets: list[str]) -> dict:
-    """A realistic `rrg_training.json`. Training (`training/train.py`) writes the real one, last, into each model
+    """A realistic `rrg_training.json`. Training (`training/sft/train.py`) writes the real one, last, into each model
     folder; these tests write it themselves so they do not have to train."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -49,7 +49,7 @@ def _summary(stage: int, mode: str, model, base_models: dict, datasets: list[str
 
 def make_full_run(folder: Path, tokenizer, seed: int = 0) -> Path:
     """A completed stage-1 folder (full model, projector trained) with its run summary."""
-    from training.tiny import build_tiny_model
+    from training.sandbox.tiny import build_tiny_model
 
     model, processor = build_tiny_model(tokenizer=tokenizer, seed=seed)
     model.save_pretrained(folder)
@@ -130,9 +130,9 @@ def python_blocks(markdown: str) -> list[str]:
 @pytest.fixture(scope="module")
 def adapter_export(tmp_path_factory):
     """Stage 1 + stage 2 adapter, exported merged with metrics; plus reference logits of the PeftModel."""
-    from training.export import export_model
-    from training.loading import load_trained
-    from training.tiny import train_bpe_tokenizer
+    from training.release.export import export_model
+    from training.sft.loading import load_trained
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("run")
     stage1, stage2 = make_adapter_run(root, train_bpe_tokenizer())
@@ -213,7 +213,7 @@ def test_model_card_front_matter_recipe_and_results(adapter_export):
 def test_model_card_without_metrics_says_so(tmp_path, tokenizer):
     from huggingface_hub import ModelCard
 
-    from training.export import export_model
+    from training.release.export import export_model
 
     run = make_full_run(tmp_path / "stage1", tokenizer)
     out = export_model(run, tmp_path / "export")
@@ -245,7 +245,7 @@ def test_keep_adapter_export(adapter_export, tmp_path):
     from peft import PeftModel
 
     from modeling_rrg import RRGForConditionalGeneration
-    from training.export import export_model
+    from training.release.export import export_model
 
     with pytest.raises(ValueError, match="base-model-id"):
         export_model(adapter_export["stage2"], tmp_path / "a", merge_lora=False)
@@ -267,7 +267,7 @@ def test_keep_adapter_export(adapter_export, tmp_path):
 
 
 def test_export_refuses_unfinished_missing_and_existing(tmp_path, tokenizer, adapter_export):
-    from training.export import export_model
+    from training.release.export import export_model
 
     with pytest.raises(FileNotFoundError):
         export_model(tmp_path / "nope", tmp_path / "out")
@@ -283,7 +283,7 @@ def test_export_refuses_unfinished_missing_and_existing(tmp_path, tokenizer, ada
 
 
 def test_export_overwrite_replaces_atomically(tmp_path, tokenizer):
-    from training.export import export_model
+    from training.release.export import export_model
 
     run = make_full_run(tmp_path / "run", tokenizer)
     out = export_model(run, tmp_path / "export")
@@ -295,7 +295,7 @@ def test_export_overwrite_replaces_atomically(tmp_path, tokenizer):
 
 
 def test_export_main_cli(tmp_path, tokenizer, capsys):
-    from training.export import export_main
+    from training.release.export import export_main
 
     run = make_full_run(tmp_path / "stage1", tokenizer)
     code = export_main([str(run), "--output-dir", str(tmp_path / "export"), "--repo-id", REPO_ID,
@@ -310,7 +310,7 @@ def test_export_main_cli(tmp_path, tokenizer, capsys):
 def test_supported_range_matches_pyproject():
     import tomllib
 
-    from training.export import SUPPORTED_TRANSFORMERS
+    from training.release.export import SUPPORTED_TRANSFORMERS
 
     deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     spec = next(d for d in deps if re.match(r"transformers\b", d))
@@ -361,7 +361,7 @@ def no_stored_token(monkeypatch, tmp_path):
 def test_push_dry_run_lists_files_and_contacts_nothing(adapter_export, monkeypatch, capsys, no_stored_token):
     import huggingface_hub
 
-    from training.export import list_upload_files, push_main, push_to_hub
+    from training.release.export import list_upload_files, push_main, push_to_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", _ForbiddenApi)
     plan = push_to_hub(adapter_export["export"], "rrg-org/rrg-tiny", revision="v1", private=True, dry_run=True)
@@ -380,7 +380,7 @@ def test_push_dry_run_lists_files_and_contacts_nothing(adapter_export, monkeypat
 def test_push_without_token_fails_before_any_work(adapter_export, monkeypatch, no_stored_token):
     import huggingface_hub
 
-    from training.export import push_main, push_to_hub
+    from training.release.export import push_main, push_to_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "HfApi", _ForbiddenApi)
@@ -392,7 +392,7 @@ def test_push_without_token_fails_before_any_work(adapter_export, monkeypatch, n
 def test_push_offline_fails_before_any_work(adapter_export, monkeypatch):
     import huggingface_hub
 
-    from training.export import push_to_hub
+    from training.release.export import push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
@@ -404,7 +404,7 @@ def test_push_offline_fails_before_any_work(adapter_export, monkeypatch):
 def test_push_unreachable_hub_fails_clearly(adapter_export, monkeypatch):
     import huggingface_hub
 
-    from training.export import push_to_hub
+    from training.release.export import push_to_hub
 
     class Unreachable(_RecordingApi):
         def whoami(self):
@@ -423,7 +423,7 @@ def test_push_unreachable_hub_fails_clearly(adapter_export, monkeypatch):
 def test_push_uploads_with_private_repo_branch_and_message(adapter_export, monkeypatch):
     import huggingface_hub
 
-    from training.export import push_main, push_to_hub
+    from training.release.export import push_main, push_to_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
@@ -448,7 +448,7 @@ def test_push_uploads_with_private_repo_branch_and_message(adapter_export, monke
 
 
 def test_push_rejects_bad_input(adapter_export, tmp_path):
-    from training.export import push_to_hub
+    from training.release.export import push_to_hub
 
     with pytest.raises(FileNotFoundError):
         push_to_hub(tmp_path / "missing", "rrg-org/x", dry_run=True)

@@ -8,7 +8,13 @@ import torch
 
 from helpers import run_isolated, xray
 from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
-from training.tiny import build_tiny_model, save_backbone, tiny_image_processor, tiny_text_config, tiny_vision_config
+from training.sandbox.tiny import (
+    build_tiny_model,
+    save_backbone,
+    tiny_image_processor,
+    tiny_text_config,
+    tiny_vision_config,
+)
 
 
 def _save_model(tmp_path, tokenizer):
@@ -107,7 +113,7 @@ def test_from_pretrained_backbones_keeps_backbone_weights(tmp_path, tokenizer, v
     from transformers import AutoModel, AutoModelForCausalLM
 
     # Tokenizer without the image token, as a real LLM checkpoint would ship it.
-    from training.tiny import train_bpe_tokenizer
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     plain = train_bpe_tokenizer(image_token="<unused>")
     torch.manual_seed(0)
@@ -141,7 +147,7 @@ def test_from_pretrained_backbones_keeps_backbone_weights(tmp_path, tokenizer, v
 def test_from_pretrained_backbones_takes_the_vision_half_of_a_dual_encoder(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM, CLIPConfig, CLIPModel
 
-    from training.tiny import train_bpe_tokenizer
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     vision_cfg = tiny_vision_config("clip").to_dict()
     clip = CLIPModel(CLIPConfig(vision_config=vision_cfg, text_config=dict(hidden_size=32, num_hidden_layers=1,
@@ -202,7 +208,7 @@ def test_from_pretrained_backbones_in_bfloat16(tmp_path):
     """The paper recipe loads both backbones in bfloat16; the projector follows and a forward pass works."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from training.tiny import train_bpe_tokenizer
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     plain = train_bpe_tokenizer(image_token="<unused>")
     save_backbone(AutoModel.from_config(tiny_vision_config("siglip")), tmp_path / "vision",

@@ -7,8 +7,8 @@ from collections import OrderedDict
 
 import pytest
 
-from training.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
-from training.labeler import (
+from training.data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
+from training.evaluation.labeler import (
     CHEXBERT_DOWNLOAD_HINT,
     LABELER_DATA_DIR,
     CheXbertLabeler,
@@ -201,7 +201,7 @@ def _agreement(labeler, entries):
 
 
 def test_agreement_with_synthetic_benchmark(labeler, tmp_path):
-    synthetic = pytest.importorskip("training.synthetic")
+    synthetic = pytest.importorskip("training.sandbox.synthetic")
     out = synthetic.generate_synthetic_dataset(
         tmp_path / "synthetic", num_train=2, num_val=2, num_test=200, image_size=32, seed=0, num_workers=1
     )

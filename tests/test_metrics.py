@@ -5,15 +5,11 @@ import math
 
 import pytest
 
-from training import scoring
-from training.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS
-from training.labeler import RuleBasedLabeler
-from training.metrics import CLINICAL_EFFICACY_METRIC_PATH, NLG_METRIC_PATH, load_metric
-from training.scoring import (
-    compute_clinical_efficacy,
-    compute_nlg_metrics,
-    metrics_to_markdown,
-)
+from training.evaluation import scoring
+from training.data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS
+from training.evaluation.labeler import RuleBasedLabeler
+from training.evaluation.metrics import CLINICAL_EFFICACY_METRIC_PATH, NLG_METRIC_PATH, load_metric
+from training.evaluation.scoring import compute_clinical_efficacy, compute_nlg_metrics, metrics_to_markdown
 
 # R2Gen-style cleaned strings plus the awkward cases: an empty prediction, punctuation and case variants,
 # a prediction longer than its reference and one sharing no word with it.
@@ -58,7 +54,7 @@ def _reference_scores(gts, res, meteor_scorer):
 @pytest.fixture(scope="module")
 def reference_meteor():
     # pycocoevalcap's own Meteor scorer. Java start-up and loading the paraphrase table take most of
-    # the test time, so the reference calls share the JVM that training.scoring keeps: the scorer
+    # the test time, so the reference calls share the JVM that training.evaluation.scoring keeps: the scorer
     # object is pycocoevalcap's class and the jar is deterministic, only the start-up is saved.
     if not scoring.java_available():
         pytest.skip("java is not installed; METEOR cannot be checked")
@@ -122,7 +118,7 @@ def test_nlg_ptb_path_equals_pycocoevalcap():
 
 def test_nlg_without_java(monkeypatch, caplog):
     monkeypatch.setattr(scoring, "java_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="training.scoring"):
+    with caplog.at_level(logging.WARNING, logger="training.evaluation.scoring"):
         result = compute_nlg_metrics(PREDICTIONS[:3], REFERENCES[:3])
     assert "METEOR" not in result
     assert any("java" in w for w in result["warnings"])

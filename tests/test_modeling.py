@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from helpers import xray
 from modeling_rrg import RRGConfig
-from training.tiny import build_tiny_model, tiny_text_config, tiny_vision_config
+from training.sandbox.tiny import build_tiny_model, tiny_text_config, tiny_vision_config
 
 
 def _batch(processor, reports=None, padding_side="right"):

@@ -16,7 +16,7 @@ def reporter():
     from transformers import pipeline
 
     import modeling_rrg.pipeline_rrg  # noqa: F401  registers the task
-    from training.tiny import build_tiny_model
+    from training.sandbox.tiny import build_tiny_model
 
     model, processor = build_tiny_model()
     return pipeline("radiology-report-generation", model=model.eval(), processor=processor, max_new_tokens=6)
@@ -87,8 +87,8 @@ def test_indication_count_must_match_the_batch(reporter):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from test_export import make_full_run
-    from training.export import export_model
-    from training.tiny import train_bpe_tokenizer
+    from training.release.export import export_model
+    from training.sandbox.tiny import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("pipe")
     run = make_full_run(root / "stage1", train_bpe_tokenizer())

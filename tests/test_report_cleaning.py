@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.report_cleaning import clean_report_r2gen
+from training.data.report_cleaning import clean_report_r2gen
 
 # Realistic MIMIC/IU-style reports (hyphens, numbered lists 1.-15., `T1.`, `11. `, `___` runs, quotes, slashes,
 # decimals, ellipses, line breaks, `<=>@`) with the outputs of R2Gen's `clean_report_mimic_cxr` and

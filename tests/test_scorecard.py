@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from training.bootstrap import CiderStats, bleu_stats, bootstrap_weights, confidence_intervals, paired_test
-from training.ce_variants import compute_ce_variants
-from training.scorecard import score_reports, truncate_reference
+from training.evaluation.bootstrap import CiderStats, bleu_stats, bootstrap_weights, confidence_intervals, paired_test
+from training.evaluation.ce_variants import compute_ce_variants
+from training.evaluation.scorecard import score_reports, truncate_reference
 
 WORDS = "the heart is normal size no pleural effusion or pneumothorax mild edema left base opacity stable".split()
 
@@ -86,7 +86,7 @@ def _write(path, rows):
 
 
 def test_rrg_compare_detects_the_better_system_and_checks_ids(tmp_path):
-    from training.compare import compare_predictions, main
+    from training.evaluation.compare import compare_predictions, main
 
     refs = _reports(120, 5)
     rng = random.Random(0)
@@ -117,7 +117,7 @@ def test_paired_test_zero_difference():
 
 def test_radgraph_pair_f1_hand_made_graphs_and_missing_model(tmp_path):
     pytest.importorskip("radgraph")
-    from training.radgraph_f1 import RadGraphScorer, radgraph_f1_from_annotations, radgraph_pair_f1
+    from training.evaluation.radgraph_f1 import RadGraphScorer, radgraph_f1_from_annotations, radgraph_pair_f1
 
     def ent(tokens, label, relations=()):
         return {"tokens": tokens, "label": label, "start_ix": 0, "end_ix": 0, "relations": [list(r) for r in relations]}
@@ -144,7 +144,7 @@ def test_radgraph_runtime_check_names_the_transformers_incompatibility(tmp_path)
     pytest.importorskip("radgraph")
     from transformers import PreTrainedTokenizerBase
 
-    from training.radgraph_f1 import RadGraphScorer
+    from training.evaluation.radgraph_f1 import RadGraphScorer
 
     model = tmp_path / "radgraph"
     (model / "vocabulary").mkdir(parents=True)
@@ -157,7 +157,7 @@ def test_radgraph_runtime_check_names_the_transformers_incompatibility(tmp_path)
 
 
 def test_model_card_rows_use_the_metrics_json_names():
-    from training.ce_variants import card_rows
+    from training.evaluation.ce_variants import card_rows
 
     metrics = compute_ce_variants([{"Edema": 1}], [{"Edema": 1}], "chexbert")
     rows = dict(card_rows(metrics))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
-from training.synthetic import (
+from training.data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
+from training.sandbox.synthetic import (
     FINDING_NAMES,
     generate_study,
     generate_synthetic_dataset,
@@ -354,7 +354,8 @@ def test_same_seed_same_report_and_different_seed_differs():
 
 # ------------------------------------------------------------------------------------------ CLI and loading
 def test_cli_writes_the_r2gen_layout_with_lateral_views(tmp_path):
-    from training.data import load_image, load_synthetic
+    from training.data.images import load_image
+    from training.data.loaders import load_synthetic
 
     out = main(["--out", str(tmp_path / "ds"), "--num-train", "4", "--num-val", "2", "--num-test", "2", "--image-size", "48", "--seed", "3", "--lateral"])
     annotation = json.loads((out / "annotation.json").read_text())

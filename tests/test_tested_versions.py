@@ -41,9 +41,9 @@ def test_card_names_the_dataset_base_models_and_tested_versions(tmp_path, tokeni
     import json
 
     from test_export import make_full_run, write_metrics
-    from training.data import describe_dataset
-    from training.export import build_card_context, hub_id_of, render_model_card
-    from training.synthetic import generate_synthetic_dataset
+    from training.data.loaders import describe_dataset
+    from training.release.export import build_card_context, hub_id_of, render_model_card
+    from training.sandbox.synthetic import generate_synthetic_dataset
 
     data = generate_synthetic_dataset(tmp_path / "data", num_train=2, num_val=1, num_test=1, image_size=32, seed=3)
     assert describe_dataset(str(data)) == "rrg synthetic chest X-ray benchmark (seed 3, 32 px)"

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from training.train import RRGDataCollator, parse_args, train
+from training.sft.train import RRGDataCollator, parse_args, train
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,14 @@ def workspace(tmp_path_factory):
     """Synthetic data + tiny 'pretrained' backbones saved like Hub checkpoints."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from training.synthetic import generate_synthetic_dataset
-    from training.tiny import save_backbone, tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
+    from training.sandbox.synthetic import generate_synthetic_dataset
+    from training.sandbox.tiny import (
+        save_backbone,
+        tiny_image_processor,
+        tiny_text_config,
+        tiny_vision_config,
+        train_bpe_tokenizer,
+    )
 
     root = tmp_path_factory.mktemp("train")
     data = generate_synthetic_dataset(root / "data", num_train=48, num_val=8, num_test=8, image_size=64, seed=0)
@@ -79,7 +85,7 @@ def test_stage1_trains_only_the_projector(workspace, tmp_path):
     # The projector moved away from its initialisation: rebuild the untrained assembly with the run's seed.
     from transformers import set_seed
 
-    from training.train import build_model_and_processor
+    from training.sft.train import build_model_and_processor
 
     args, training_args, model_args = parse_args(["--config", str(tmp_path / "stage1.yaml")])
     set_seed(training_args.seed)
@@ -97,7 +103,7 @@ def stage1(workspace, tmp_path_factory):
 def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, stage1, tmp_path):
     from peft import PeftModel
 
-    from training.loading import load_trained
+    from training.sft.loading import load_trained
 
     final = run(recipe(workspace, tmp_path / "stage2", stage=2, model_name_or_path=str(stage1), use_peft=True,
                        lora_r=4, lora_alpha=8, merge_adapter=True))
@@ -118,7 +124,7 @@ def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, s
     assert isinstance(peft_model, PeftModel)
     merged_in_memory, _ = load_trained(final, merge=True)
     merged_folder, _ = load_trained(final.parent / "merged")
-    from training.data import load_synthetic
+    from training.data.loaders import load_synthetic
 
     rows = load_synthetic(workspace / "data")["test"].select(range(4))
     batch = RRGDataCollator(processor, max_length=256)(list(rows))
@@ -146,7 +152,7 @@ def test_stage2_full_finetune_trains_llm_not_encoder(workspace, stage1, tmp_path
 
 
 def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
-    from training.loading import load_trained
+    from training.sft.loading import load_trained
 
     final = run(recipe(workspace, tmp_path / "ablation", stage=2, use_peft=True, lora_r=2, max_steps=2))
     base = tmp_path / "ablation" / "base"
@@ -161,9 +167,9 @@ def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
 
 
 def test_feature_cache_gives_the_same_loss_as_the_encoder(workspace, stage1, tmp_path):
-    from training.data import load_synthetic
-    from training.feature_cache import FeatureCache
-    from training.loading import load_trained
+    from training.data.loaders import load_synthetic
+    from training.sft.feature_cache import FeatureCache
+    from training.sft.loading import load_trained
 
     model, processor = load_trained(stage1)
     rows = list(load_synthetic(workspace / "data")["train"].select(range(6)))
@@ -263,7 +269,7 @@ def test_ddp_two_cpu_processes(workspace, tmp_path):
         port = str(sock.getsockname()[1])
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-         "-m", "training.train", "--config", str(path)],
+         "-m", "training.sft.train", "--config", str(path)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -21,14 +21,14 @@ __all__ = ["COMMANDS", "main"]
 
 # command -> (module, function, one-line help)
 COMMANDS = {
-    "demo": ("training.demo", "main", "Run the whole pipeline on the synthetic benchmark (what `make demo` runs)."),
-    "data": ("training.synthetic", "main", "Generate the synthetic chest X-ray benchmark."),
-    "train": ("training.train", "main", "Train stage 1 (projector) or stage 2 (LoRA/full + projector)."),
-    "evaluate": ("training.evaluate", "main", "Generate reports for a split and score them."),
-    "compare": ("training.compare", "main", "Paired bootstrap test between two prediction files of the same studies."),
-    "analyze": ("training.analysis", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
-    "export": ("training.export", "export_main", "Make a Hub-ready folder from a trained one."),
-    "push": ("training.export", "push_main", "Upload an exported folder to the Hugging Face Hub."),
+    "demo": ("training.sandbox.demo", "main", "Run the whole pipeline on the synthetic benchmark (what `make demo` runs)."),
+    "data": ("training.sandbox.synthetic", "main", "Generate the synthetic chest X-ray benchmark."),
+    "train": ("training.sft.train", "main", "Train stage 1 (projector) or stage 2 (LoRA/full + projector)."),
+    "evaluate": ("training.evaluation.evaluator", "main", "Generate reports for a split and score them."),
+    "compare": ("training.evaluation.compare", "main", "Paired bootstrap test between two prediction files of the same studies."),
+    "analyze": ("training.analysis.report", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
+    "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),
+    "push": ("training.release.export", "push_main", "Upload an exported folder to the Hugging Face Hub."),
 }
 
 

@@ -17,11 +17,8 @@ README_START, README_END = "<!-- tested-versions:start -->", "<!-- tested-versio
 
 
 def _path() -> Path:
-    # In a source checkout the file sits in hub_cards/ at the top; a wheel ships a copy as package data.
-    checkout = Path(__file__).resolve().parents[2] / "hub_cards" / "tested_versions.json"
-    if checkout.exists():
-        return checkout
-    return Path(str(resources.files("training.release").joinpath("hub_cards/tested_versions.json")))
+    # hub_cards/ is a data-only package (editable install: the checkout's folder; wheel: its installed copy).
+    return Path(str(resources.files("hub_cards").joinpath("tested_versions.json")))
 
 
 def load_tested_versions(path: str | Path | None = None) -> dict:

@@ -1,0 +1,682 @@
+"""Data loading for radiology report generation: R2Gen annotation files, Hugging Face datasets, DICOM.
+
+Every loader returns a `datasets.DatasetDict` with the split names `"train"`, `"validation"` and
+`"test"` (R2Gen's `"val"` becomes `"validation"`) and the same columns:
+
+| column       | type                     | content                                                    |
+|--------------|--------------------------|------------------------------------------------------------|
+| `id`         | `string`                 | study / example id                                         |
+| `image_path` | `list[string]`           | absolute paths of the study's images (frontal first)       |
+| `report`     | `string`                 | report text (section selected, optionally cleaned)         |
+| `study_id`   | `string` or `None`       | as in the source, stringified                              |
+| `subject_id` | `string` or `None`       | as in the source, stringified                              |
+| `chexpert`   | `struct` or `None`       | `{observation: 1 / 0 / -1 / None}` for the 14 CheXpert observations, `None` when the source has no labels |
+
+Images are *not* decoded into the dataset: rows hold paths, and [`training.data.images.load_image`] decodes them at
+batch time (PNG / JPEG of any bit depth, DICOM through pydicom). Datasets that store decoded
+images (Hugging Face `Image` features, PIL images) have them written once to a cache folder and the
+rows point there.
+
+Bad input is never silently dropped. A missing image, an empty report, a missing key or column
+raises an error that names the file and row; with `on_error="skip"` the row is skipped instead and
+the number of skipped rows is logged as a warning with the first reasons. A split that ends up with
+no rows is always an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import datasets
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..fileio import write_bytes_atomic
+from .chexpert import CHEXPERT_OBSERVATIONS
+from .images import is_dicom
+from .reports import REPORT_SECTIONS, clean_report, select_section
+
+__all__ = [
+    "FEATURES",
+    "SPLIT_ALIASES",
+    "split_key",
+    "load_annotation_json",
+    "load_hf_dataset",
+    "load_synthetic",
+    "describe_dataset",
+    "load_splits",
+]
+
+logger = logging.getLogger(__name__)
+
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "image_path": datasets.Sequence(datasets.Value("string")),
+        "report": datasets.Value("string"),
+        "study_id": datasets.Value("string"),
+        "subject_id": datasets.Value("string"),
+        "chexpert": {obs: datasets.Value("int8") for obs in CHEXPERT_OBSERVATIONS},
+    }
+)
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "validation",
+    "valid": "validation",
+    "validate": "validation",
+    "validation": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ""}
+
+
+def _check_images(paths: Sequence[Path], verify: bool, where: str, problems: "_Problems") -> bool:
+    """Reports the first missing / corrupt image of a row; returns whether all are usable."""
+    for path in paths:
+        if not path.is_file():
+            problems.report(where, f"image not found: {path}", error=FileNotFoundError)
+            return False
+        problem = _verify_image(path) if verify else None
+        if problem:
+            problems.report(where, problem)
+            return False
+    return True
+
+
+def _verify_image(path: Path) -> str | None:
+    """Returns a problem description or `None`."""
+    if is_dicom(path):
+        try:
+            import pydicom
+
+            pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as err:  # pydicom raises many types for broken files
+            return f"corrupt DICOM {path}: {err}"
+        return None
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as err:  # PIL raises many types for broken files
+        return f"corrupt image {path}: {err}"
+    return None
+
+
+
+# --------------------------------------------------------------------------------------------
+# Row normalisation shared by the loaders
+# --------------------------------------------------------------------------------------------
+class _Problems:
+    """Collects bad rows: raises at once (`on_error="raise"`) or counts them (`"skip"`)."""
+
+    def __init__(self, on_error: str, source: str):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+        self.on_error = on_error
+        self.source = source
+        self.skipped: list[str] = []
+
+    def report(self, where: str, problem: str, fix: str = "", error: type[Exception] = ValueError) -> None:
+        message = f"{self.source}, {where}: {problem}"
+        if self.on_error == "raise":
+            hint = fix or "fix the row, or pass on_error='skip' to skip bad rows"
+            raise error(f"{message} ({hint}).")
+        self.skipped.append(message)
+
+    def log(self) -> None:
+        if self.skipped:
+            examples = "; ".join(self.skipped[:5])
+            logger.warning("Skipped %d bad row(s) from %s. First: %s", len(self.skipped), self.source, examples)
+
+
+def _normalise_split(name: str, source: str) -> str:
+    key = str(name).strip().lower()
+    if key not in SPLIT_ALIASES:
+        raise ValueError(
+            f"{source}: unknown split {name!r}; expected one of {sorted(set(SPLIT_ALIASES))} "
+            "(rename it, or choose splits with `splits=`)."
+        )
+    return SPLIT_ALIASES[key]
+
+
+def _normalise_chexpert(value: Any, where: str) -> dict[str, int | None] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: 'chexpert' is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: 'chexpert' must be a dict {{observation: 1/0/-1/null}}, got {type(value).__name__}.")
+    unknown = set(value) - set(CHEXPERT_OBSERVATIONS)
+    if unknown:
+        raise ValueError(f"{where}: unknown CheXpert observation(s) {sorted(unknown)}; expected names from training.data.chexpert.CHEXPERT_OBSERVATIONS.")
+    out: dict[str, int | None] = {}
+    for obs in CHEXPERT_OBSERVATIONS:
+        v = value.get(obs)
+        if v is not None and (isinstance(v, float) and np.isnan(v)):
+            v = None
+        if v is not None and int(v) not in (1, 0, -1):
+            raise ValueError(f"{where}: CheXpert label {obs!r} must be 1, 0, -1 or null, got {v!r}.")
+        out[obs] = None if v is None else int(v)
+    return out
+
+
+def _process_report(raw: Any, section: str, clean: str | None, where: str, problems: _Problems) -> str | None:
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
+        raw = ""
+    if not isinstance(raw, str):
+        raise TypeError(f"{where}: report must be a string, got {type(raw).__name__}.")
+    text = select_section(raw, section)
+    if clean is not None:
+        text = clean_report(text, clean)
+    text = text.strip()
+    if not text:
+        what = "report is empty" if not raw.strip() else f"report has no {section!r} text"
+        problems.report(where, what, "fill in the report, choose another `section=`, or pass on_error='skip'")
+        return None
+    return text
+
+
+def _as_path_list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike, dict, Image.Image)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise TypeError(f"{where}: image entry must be a path, a list of paths or an image, got {type(value).__name__}.")
+
+
+def _build(rows_by_split: dict[str, list[dict]], source: str) -> datasets.DatasetDict:
+    out = {}
+    for split, rows in rows_by_split.items():
+        if not rows:
+            raise ValueError(f"{source}: split {split!r} has no rows (after skipping bad rows); add data or leave the split out with `splits=`.")
+        out[split] = datasets.Dataset.from_list(rows, features=FEATURES, split=split)
+    return datasets.DatasetDict(out)
+
+
+# --------------------------------------------------------------------------------------------
+# R2Gen annotation.json
+# --------------------------------------------------------------------------------------------
+def load_annotation_json(
+    annotation_path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    splits: Sequence[str] | None = None,
+    clean: str | None = None,
+    on_error: str = "raise",
+    section: str = "both",
+    verify_images: bool = False,
+) -> datasets.DatasetDict:
+    """
+    Loads an R2Gen-style `annotation.json` (IU X-Ray, MIMIC-CXR, or the synthetic benchmark).
+
+    The file is `{"train": [...], "val": [...], "test": [...]}`; each entry has `id`, `report`,
+    `image_path` (a list of paths relative to the image root) and optionally `study_id`,
+    `subject_id` and `chexpert`. MIMIC-CXR-JPG (`files/p10/p10000032/s50414267/*.jpg`) and IU X-Ray
+    (`CXR1_1_IM-0001/0.png`) both work through it: the paths are simply joined to `image_root`.
+
+    Args:
+        annotation_path (`str` or `os.PathLike`): Path of `annotation.json`.
+        image_root (`str` or `os.PathLike`, *optional*):
+            Folder the `image_path` entries are relative to. Defaults to `images/` next to the
+            annotation file if it exists (R2Gen's `data/iu_xray/images/`), else the file's folder.
+        splits (`Sequence[str]`, *optional*):
+            Splits to load (`"train"`, `"val"`/`"validation"`, `"test"`); defaults to all in the file.
+        clean (`str`, *optional*):
+            `"mimic"` or `"iu"` to apply [`clean_report`]; `None` keeps the text as written.
+        on_error (`str`, *optional*, defaults to `"raise"`):
+            `"raise"` stops at the first bad row with an error naming file and row; `"skip"` skips
+            bad rows and logs how many were skipped and why.
+        section (`str`, *optional*, defaults to `"both"`): See [`select_section`].
+        verify_images (`bool`, *optional*, defaults to `False`):
+            Also open every image header to catch corrupt files up front (slower). Missing files
+            are always caught; corrupt ones otherwise surface in [`load_image`] with the path.
+
+    Returns:
+        `datasets.DatasetDict` with the columns listed in the module docstring.
+    """
+    annotation_path = Path(annotation_path)
+    if not annotation_path.is_file():
+        raise FileNotFoundError(f"Annotation file not found: {annotation_path}")
+    try:
+        with open(annotation_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{annotation_path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{annotation_path}: expected the R2Gen layout {{'train': [...], 'val': [...], 'test': [...]}}, got {type(data).__name__} with keys {list(data)[:5] if isinstance(data, dict) else ''}.")
+    if image_root is None:
+        image_root = annotation_path.parent / "images"
+        if not image_root.is_dir():
+            image_root = annotation_path.parent
+    image_root = Path(image_root).resolve()
+    if not image_root.is_dir():
+        raise FileNotFoundError(f"Image root not found: {image_root} (pass image_root= the folder the image_path entries are relative to).")
+    if section not in REPORT_SECTIONS:
+        raise ValueError(f"section must be one of {REPORT_SECTIONS}, got {section!r}.")
+    if clean not in (None, "mimic", "iu"):
+        raise ValueError(f"clean must be None, 'mimic' or 'iu', got {clean!r}.")
+
+    file_splits = {_normalise_split(k, str(annotation_path)): k for k in data}
+    if splits is None:
+        wanted = list(file_splits)
+    else:
+        wanted = [_normalise_split(s, "splits argument") for s in splits]
+        missing = [s for s in wanted if s not in file_splits]
+        if missing:
+            raise ValueError(f"{annotation_path}: split(s) {missing} not in the file, which has {list(data)}.")
+
+    problems = _Problems(on_error, str(annotation_path))
+    rows_by_split: dict[str, list[dict]] = {}
+    for split in wanted:
+        key = file_splits[split]
+        rows = []
+        entries = data[key]
+        for i, entry in enumerate(tqdm(entries, desc=f"Reading {key}", disable=len(entries) < 5000)):
+            where = f"split {key!r} row {i}"
+            if not isinstance(entry, dict):
+                problems.report(where, f"entry must be an object, got {type(entry).__name__}")
+                continue
+            missing_keys = [k for k in ("id", "report", "image_path") if k not in entry]
+            if missing_keys:
+                problems.report(where, f"missing key(s) {missing_keys} (has {sorted(entry)})")
+                continue
+            where = f"split {key!r} row {i} (id {entry['id']!r})"
+            paths = [image_root / str(p) for p in _as_path_list(entry["image_path"], where)]
+            if not paths:
+                problems.report(where, "image_path is empty")
+                continue
+            if not _check_images(paths, verify_images, where, problems):
+                continue
+            report = _process_report(entry["report"], section, clean, where, problems)
+            if report is None:
+                continue
+            rows.append(
+                {
+                    "id": str(entry["id"]),
+                    "image_path": [str(p) for p in paths],
+                    "report": report,
+                    "study_id": None if entry.get("study_id") is None else str(entry["study_id"]),
+                    "subject_id": None if entry.get("subject_id") is None else str(entry["subject_id"]),
+                    "chexpert": _normalise_chexpert(entry.get("chexpert"), f"{annotation_path}, {where}"),
+                }
+            )
+        rows_by_split[split] = rows
+    problems.log()
+    return _build(rows_by_split, str(annotation_path))
+
+
+def load_synthetic(output_dir: str | os.PathLike, **kwargs) -> datasets.DatasetDict:
+    """
+    Loads a folder written by [`training.sandbox.synthetic.generate_synthetic_dataset`].
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The generated folder.
+        kwargs: Passed to [`load_annotation_json`] (`splits`, `clean`, `section`, ...).
+
+    Returns:
+        `datasets.DatasetDict` with `train`, `validation` and `test`, `chexpert` filled in.
+    """
+    output_dir = Path(output_dir)
+    if not (output_dir / "annotation.json").is_file():
+        raise FileNotFoundError(f"{output_dir / 'annotation.json'} not found; generate the data with `rrg data --out {output_dir}`.")
+    return load_annotation_json(output_dir / "annotation.json", image_root=output_dir / "images", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face datasets (hub, save_to_disk, imagefolder, CSV / JSON lines)
+# --------------------------------------------------------------------------------------------
+def _open_hf(name_or_path: str, cache_dir: str | None) -> tuple[datasets.DatasetDict, Path | None]:
+    path = Path(name_or_path)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        ds = datasets.load_from_disk(str(path))
+        return (ds if isinstance(ds, datasets.DatasetDict) else datasets.DatasetDict({"train": ds})), path
+    if path.is_file():
+        fmt = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet.")
+        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        # keep_default_na=False: an empty report must stay "" (and be reported), not become NaN.
+        if fmt == "csv":
+            kwargs["keep_default_na"] = False
+        return datasets.load_dataset(fmt, data_files={"train": str(path)}, cache_dir=cache_dir, **kwargs), path.parent
+    if path.is_dir() and any((path / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
+        meta = path / "metadata.jsonl" if (path / "metadata.jsonl").is_file() else path / "metadata.csv"
+        # Read the metadata ourselves: the imagefolder builder decodes images and drops rows whose
+        # file is missing, while we want paths and a clear error per bad row.
+        return datasets.DatasetDict({"train": _read_metadata(meta)}), path
+    if path.is_dir():
+        ds = datasets.load_dataset(str(path), cache_dir=cache_dir)
+        return (ds if isinstance(ds, datasets.DatasetDict) else datasets.DatasetDict({"train": ds})), path
+    if path.exists() or name_or_path.startswith((".", "/")):
+        raise FileNotFoundError(f"Dataset not found: {name_or_path}")
+    ds = datasets.load_dataset(name_or_path, cache_dir=cache_dir)
+    return (ds if isinstance(ds, datasets.DatasetDict) else datasets.DatasetDict({"train": ds})), None
+
+
+def _read_metadata(meta: Path) -> datasets.Dataset:
+    rows: list[dict] = []
+    if meta.suffix == ".jsonl":
+        with open(meta, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{meta}, line {n}: invalid JSON ({err}).") from err
+    else:
+        with open(meta, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{meta} has no rows.")
+    columns = sorted({k for r in rows for k in r})
+    # Keep values as Python objects (lists of file names are allowed); stringify nothing.
+    return datasets.Dataset.from_dict({c: [r.get(c) for r in rows] for c in columns})
+
+
+def _materialise_image(value: Any, base: Path | None, cache: Path, where: str) -> Path:
+    """Turns one image entry (path, `{"path", "bytes"}` dict or PIL image) into a file path."""
+    if isinstance(value, dict):
+        data, src = value.get("bytes"), value.get("path")
+        if data is None:
+            if not src:
+                raise ValueError(f"{where}: image entry has neither 'bytes' nor 'path'.")
+            value = src
+        else:
+            digest = hashlib.sha1(data).hexdigest()
+            suffix = Path(src).suffix.lower() if src and Path(src).suffix.lower() in _IMAGE_SUFFIXES else ".png"
+            target = cache / f"{digest}{suffix or '.png'}"
+            if not target.is_file():
+                write_bytes_atomic(target, data)
+            return target
+    if isinstance(value, Image.Image):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        data = buf.getvalue()
+        target = cache / f"{hashlib.sha1(data).hexdigest()}.png"
+        if not target.is_file():
+            write_bytes_atomic(target, data)
+        return target
+    if isinstance(value, (str, os.PathLike)):
+        p = Path(value)
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        return p.resolve()
+    raise TypeError(f"{where}: unsupported image value of type {type(value).__name__}.")
+
+
+def load_hf_dataset(
+    name_or_path: str | os.PathLike,
+    image_column: str = "image",
+    report_column: str | None = "report",
+    split_column: str | None = None,
+    findings_column: str | None = None,
+    impression_column: str | None = None,
+    id_column: str | None = None,
+    study_id_column: str | None = None,
+    subject_id_column: str | None = None,
+    chexpert_column: str | None = None,
+    splits: Sequence[str] | None = None,
+    section: str = "both",
+    clean: str | None = None,
+    on_error: str = "raise",
+    image_root: str | os.PathLike | None = None,
+    image_cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | None = None,
+    verify_images: bool = False,
+) -> datasets.DatasetDict:
+    """
+    Loads a report-generation dataset through the Hugging Face `datasets` library.
+
+    Accepted sources:
+
+    * a folder written by `save_to_disk` (read with `load_from_disk`);
+    * an image folder with `metadata.jsonl` or `metadata.csv` (the `imagefolder` layout: the image
+      column holds file names relative to the folder, or a list of them for multi-view studies);
+    * a `.csv` / `.tsv` / `.json` / `.jsonl` / `.parquet` file whose image column holds paths
+      relative to the file (or to `image_root`);
+    * a Hub id (needs network access; with `HF_HUB_OFFLINE=1` only a cached copy works).
+
+    Image columns may hold paths, lists of paths, `datasets.Image` values or PIL images. Decoded
+    images (bytes or PIL) are written once to `image_cache_dir` (bytes as stored, PIL images as
+    PNG, named by content hash) and the rows point there, so every loader yields paths.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): Hub id or local path, see above.
+        image_column (`str`, *optional*, defaults to `"image"`): Column with the image(s).
+        report_column (`str`, *optional*, defaults to `"report"`):
+            Column with the full report. Set to `None` and give `findings_column` and/or
+            `impression_column` to build the report from section columns.
+        split_column (`str`, *optional*):
+            Column whose values (`train`/`val`/`validation`/`test`, ...) assign rows to splits;
+            without it the dataset's own splits are used (a single table is `"train"`).
+        findings_column (`str`, *optional*): Column with the FINDINGS section.
+        impression_column (`str`, *optional*): Column with the IMPRESSION section.
+        id_column (`str`, *optional*): Column with the example id (defaults to `"{split}_{row}"`).
+        study_id_column (`str`, *optional*): Column with the study id.
+        subject_id_column (`str`, *optional*): Column with the patient id.
+        chexpert_column (`str`, *optional*): Column with CheXpert labels (dict or JSON string).
+        splits (`Sequence[str]`, *optional*): Splits to keep; defaults to all.
+        section (`str`, *optional*, defaults to `"both"`):
+            With `report_column`, see [`select_section`]; with section columns, which of them to use.
+        clean (`str`, *optional*): `"mimic"` or `"iu"` for [`clean_report`].
+        on_error (`str`, *optional*, defaults to `"raise"`): `"raise"` or `"skip"` bad rows.
+        image_root (`str` or `os.PathLike`, *optional*): Folder relative image paths start from.
+        image_cache_dir (`str` or `os.PathLike`, *optional*):
+            Where decoded images are written; defaults to `~/.cache/rrg/images`.
+        cache_dir (`str`, *optional*): `datasets` cache folder.
+        verify_images (`bool`, *optional*, defaults to `False`): Open every image header up front.
+
+    Returns:
+        `datasets.DatasetDict` with the columns listed in the module docstring.
+    """
+    if report_column is None and findings_column is None and impression_column is None:
+        raise ValueError("Give report_column, or findings_column and/or impression_column, to say where the report text is.")
+    if section not in REPORT_SECTIONS:
+        raise ValueError(f"section must be one of {REPORT_SECTIONS}, got {section!r}.")
+    if clean not in (None, "mimic", "iu"):
+        raise ValueError(f"clean must be None, 'mimic' or 'iu', got {clean!r}.")
+    source = str(name_or_path)
+    dsd, base = _open_hf(source, cache_dir)
+    if image_root is not None:
+        base = Path(image_root)
+    cache = Path(image_cache_dir) if image_cache_dir is not None else Path(os.environ.get("RRG_CACHE", Path.home() / ".cache" / "rrg")) / "images"
+
+    wanted_columns = {
+        "image_column": image_column,
+        "report_column": report_column,
+        "split_column": split_column,
+        "findings_column": findings_column,
+        "impression_column": impression_column,
+        "id_column": id_column,
+        "study_id_column": study_id_column,
+        "subject_id_column": subject_id_column,
+        "chexpert_column": chexpert_column,
+    }
+    for split_name, ds in dsd.items():
+        for arg, col in wanted_columns.items():
+            if col is not None and col not in ds.column_names:
+                raise ValueError(f"{source} (split {split_name!r}): column {col!r} (from {arg}=) not found; available columns: {ds.column_names}.")
+    if image_column in (c for ds in dsd.values() for c in ds.column_names):
+        dsd = datasets.DatasetDict(
+            {k: (ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(ds.features[image_column], datasets.Image) else ds) for k, ds in dsd.items()}
+        )
+        for k, ds in dsd.items():
+            feat = ds.features[image_column]
+            inner = getattr(feat, "feature", None)
+            if isinstance(inner, datasets.Image):
+                dsd[k] = ds.cast_column(image_column, datasets.Sequence(datasets.Image(decode=False)))
+
+    problems = _Problems(on_error, source)
+    rows_by_split: dict[str, list[dict]] = {}
+    for split_name, ds in dsd.items():
+        default_split = None if split_column else _normalise_split(split_name, source)
+        for i, row in enumerate(tqdm(ds, desc=f"Reading {split_name}", disable=ds.num_rows < 5000)):
+            where = f"split {split_name!r} row {i}"
+            if split_column:
+                value = row[split_column]
+                if value is None or str(value).strip() == "":
+                    problems.report(where, f"empty split value in column {split_column!r}")
+                    continue
+                split = _normalise_split(str(value), f"{source}, {where}, column {split_column!r}")
+            else:
+                split = default_split
+            if splits is not None and split not in {_normalise_split(s, "splits argument") for s in splits}:
+                continue
+            ex_id = str(row[id_column]) if id_column else f"{split_name}_{i}"
+            where = f"split {split_name!r} row {i} (id {ex_id!r})"
+            try:
+                paths = [_materialise_image(v, base, cache, where) for v in _as_path_list(row[image_column], where)]
+            except (TypeError, ValueError) as err:
+                problems.report(where, str(err))
+                continue
+            if not paths:
+                problems.report(where, f"no image in column {image_column!r}")
+                continue
+            if not _check_images(paths, verify_images, where, problems):
+                continue
+            if report_column is not None:
+                raw = row[report_column]
+                sec = section
+            else:
+                use_f = findings_column is not None and section in ("both", "findings", "full")
+                use_i = impression_column is not None and section in ("both", "impression", "full")
+                parts = []
+                if use_f and row[findings_column]:
+                    parts.append(f"FINDINGS: {row[findings_column]}")
+                if use_i and row[impression_column]:
+                    parts.append(f"IMPRESSION: {row[impression_column]}")
+                raw, sec = "\n\n".join(parts), section
+            report = _process_report(raw, sec, clean, where, problems)
+            if report is None:
+                continue
+            rows_by_split.setdefault(split, []).append(
+                {
+                    "id": ex_id,
+                    "image_path": [str(p) for p in paths],
+                    "report": report,
+                    "study_id": None if not study_id_column or row[study_id_column] is None else str(row[study_id_column]),
+                    "subject_id": None if not subject_id_column or row[subject_id_column] is None else str(row[subject_id_column]),
+                    "chexpert": _normalise_chexpert(row[chexpert_column], f"{source}, {where}") if chexpert_column else None,
+                }
+            )
+    if splits is not None:
+        for s in splits:
+            rows_by_split.setdefault(_normalise_split(s, "splits argument"), [])
+    problems.log()
+    return _build(rows_by_split, source)
+
+
+# Folder names of the public chest X-ray data sets as their users lay them out (R2Gen's data/iu_xray, data/mimic_cxr).
+KNOWN_DATASETS = {r"mimic[-_ ]?cxr": "MIMIC-CXR", r"iu[-_ ]?x[-_ ]?ray|open[-_ ]?i\b": "IU X-Ray"}
+
+
+def describe_dataset(name: str) -> str:
+    """
+    A readable name for a data set the run or evaluation recorded: a Hub id as it is; for a local folder the
+    `pretty_name` of its `dataset_info.json` (the synthetic benchmark writes one) or of its dataset card, else the
+    public data set its path names (MIMIC-CXR, IU X-Ray), else the folder name.
+    """
+    path = Path(name)
+    if not path.exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        return name  # a Hub id
+    folder = path if path.is_dir() else path.parent
+    info = folder / "dataset_info.json"
+    if info.is_file():
+        try:
+            pretty = json.loads(info.read_text(encoding="utf-8")).get("pretty_name")
+        except (ValueError, AttributeError):
+            pretty = None
+        if pretty:
+            return str(pretty)
+    card = folder / "README.md"
+    if card.is_file():
+        match = re.search(r"^pretty_name:\s*(.+)$", card.read_text(encoding="utf-8", errors="replace"), flags=re.M)
+        if match:
+            return match.group(1).strip().strip("\"'")
+    for pattern, pretty in KNOWN_DATASETS.items():
+        if re.search(pattern, str(path.resolve()), flags=re.I):
+            return pretty
+    return folder.name if path.is_file() else path.name
+# --------------------------------------------------------------------------------------------
+# One entry point for train, evaluate and analyze
+# --------------------------------------------------------------------------------------------
+def split_key(name: str) -> str:
+    """The DatasetDict key of a split name as users write it ("val" -> "validation"), as the loaders normalise it."""
+    return SPLIT_ALIASES.get(name.strip().lower(), name)
+
+
+def load_splits(
+    path: str | os.PathLike,
+    splits: Sequence[str],
+    dataset_format: str = "auto",
+    image_root: str | os.PathLike | None = None,
+    clean: str | None = None,
+    on_error: str = "raise",
+    section: str = "both",
+    image_column: str = "image",
+    report_column: str | None = "report",
+    split_column: str | None = None,
+) -> datasets.DatasetDict:
+    """
+    Loads the named splits of any supported source: an `annotation.json` (or a folder holding one, like the synthetic
+    benchmark) or anything [`load_hf_dataset`] reads (a `save_to_disk` folder, an image folder, a table, a Hub id).
+
+    `rrg train` (from the recipe), `rrg evaluate` and `rrg analyze` all load data through this function, so the three
+    accept the same sources.
+
+    Args:
+        path (`str` or `os.PathLike`): The source, see above.
+        splits (`Sequence[str]`): Splits to load (`"train"`, `"val"`/`"validation"`, `"test"`); each must exist.
+        dataset_format (`str`, *optional*, defaults to `"auto"`):
+            `"annotation"`, `"hf"`, or `"auto"` (an `annotation.json` when there is one, else `"hf"`).
+        image_root, clean, on_error, section: See [`load_annotation_json`].
+        image_column, report_column, split_column: See [`load_hf_dataset`] (ignored for `annotation.json`).
+
+    Returns:
+        `datasets.DatasetDict` keyed by normalised split names (see [`split_key`]).
+    """
+    if path is None:
+        raise ValueError("No dataset path given; pass an annotation.json, a dataset folder or a HF dataset.")
+    source = str(path)
+    path = Path(path)
+    if dataset_format not in ("auto", "annotation", "hf"):
+        raise ValueError(f"dataset_format must be auto, annotation or hf; got {dataset_format!r}.")
+    annotation = None
+    if dataset_format in ("auto", "annotation"):
+        if path.name == "annotation.json" or (dataset_format == "annotation" and path.is_file()):
+            annotation = path
+        elif path.is_dir() and (path / "annotation.json").is_file():
+            annotation = path / "annotation.json"
+        elif dataset_format == "annotation":
+            raise FileNotFoundError(f"No annotation.json at {path}.")
+    splits = [s for s in splits if s]
+    if annotation is not None:
+        dataset = load_annotation_json(annotation, image_root=image_root, splits=splits, clean=clean,
+                                       on_error=on_error, section=section)
+    else:
+        dataset = load_hf_dataset(str(path) if path.exists() else source, image_column=image_column,
+                                  report_column=report_column, split_column=split_column, splits=splits,
+                                  section=section, clean=clean, on_error=on_error, image_root=image_root)
+    for split in splits:
+        if split_key(split) not in dataset:
+            raise ValueError(f"Split {split!r} not found in {source}; it has {list(dataset)}.")
+    return dataset

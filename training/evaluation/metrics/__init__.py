@@ -1,0 +1,43 @@
+"""Local `evaluate` modules for rrg, loadable offline.
+
+Each sub-folder holds one `evaluate` metric script named like its folder, so
+`evaluate.load(path_to_folder)` finds it without the Hub. The scripts are thin wrappers around
+`training.evaluation.scoring` (no duplicated logic), so the `rrg` package must be importable
+(`pip install -e .` or run from the repository root).
+
+Example:
+
+```python
+>>> import evaluate
+>>> from training.evaluation.metrics import NLG_METRIC_PATH
+>>> nlg = evaluate.load(str(NLG_METRIC_PATH))  # doctest: +SKIP
+>>> nlg.compute(predictions=["no effusion ."], references=["no effusion ."], meteor=False)["BLEU-1"]  # doctest: +SKIP
+```
+"""
+
+from pathlib import Path
+
+__all__ = ["METRICS_DIR", "NLG_METRIC_PATH", "CLINICAL_EFFICACY_METRIC_PATH", "load_metric"]
+
+METRICS_DIR = Path(__file__).resolve().parent
+NLG_METRIC_PATH = METRICS_DIR / "rrg_nlg"
+CLINICAL_EFFICACY_METRIC_PATH = METRICS_DIR / "rrg_clinical_efficacy"
+
+_PATHS = {"rrg_nlg": NLG_METRIC_PATH, "rrg_clinical_efficacy": CLINICAL_EFFICACY_METRIC_PATH}
+
+
+def load_metric(name: str, **kwargs):
+    """Load one of rrg's local `evaluate` modules by name (`"rrg_nlg"` or `"rrg_clinical_efficacy"`).
+
+    Args:
+        name (`str`): Module name.
+        **kwargs: Passed to `evaluate.load`.
+
+    Returns:
+        `evaluate.EvaluationModule`
+    """
+    if name not in _PATHS:
+        raise ValueError(f"Unknown rrg metric {name!r}; choose one of {sorted(_PATHS)}.")
+    import evaluate
+
+    return evaluate.load(str(_PATHS[name]), **kwargs)

@@ -1,0 +1,266 @@
+"""The main job on the embedded default: `rrg demo` (what `make demo` runs).
+
+On a fresh machine, with no download: generate the synthetic chest X-ray benchmark, pretrain small backbones on it
+(a LLaMA-architecture LM on the reports, a ViT on the images), assemble rrg from them, run stage 1 (projector) and
+stage 2 (LoRA + projector), evaluate on the test split — with the true images and, as a control, with the images
+shuffled between studies — and export a Hub-ready folder. Layout of `outputs/demo/`:
+
+```
+data/                  synthetic benchmark (annotation.json + images/)
+backbones/text         pretrained LM + tokenizer      backbones/vision   pretrained ViT + image processor
+features/              frozen-encoder feature cache (shared by both stages)
+stage1/ stage2/        checkpoints, TensorBoard runs/, and model/ (the complete save_pretrained folder)
+eval/ eval_shuffled/   predictions.jsonl, metrics.json, metrics.md (true vs shuffled images)
+export/                Hub-ready folder (merged model, remote code, processor, model card)
+summary.json summary.md
+```
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DemoConfig", "run_demo", "main"]
+
+RECIPES = Path(__file__).resolve().parents[1] / "sft" / "recipes"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo; `quick()` is a seconds-long version for tests."""
+
+    num_train: int = 2400
+    num_val: int = 100
+    num_test: int = 200
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 96
+    vision_layers: int = 3
+    text_hidden: int = 96
+    text_layers: int = 3
+    heads: int = 4
+    vocab_size: int = 600
+    lm_steps: int = 300
+    vit_epochs: int = 25
+    stage1_epochs: float = 1
+    stage2_epochs: float = 6
+    num_visual_tokens: int | None = None  # 16 patch tokens per view (64 px / 16 px patches)
+    eval_batch_size: int = 32
+    max_new_tokens: int = 96
+    seed: int = 0
+
+    @classmethod
+    def small(cls) -> "DemoConfig":
+        """A few-minute version that still learns to read the images (used by the end-to-end learning test)."""
+        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=20, stage1_epochs=1,
+                   stage2_epochs=5, max_new_tokens=80)
+
+    @classmethod
+    def quick(cls) -> "DemoConfig":
+        return cls(num_train=96, num_val=8, num_test=16, vision_hidden=32, vision_layers=2, text_hidden=32,
+                   text_layers=2, heads=2, vocab_size=400, lm_steps=20, vit_epochs=1, stage1_epochs=1,
+                   stage2_epochs=1, eval_batch_size=16, max_new_tokens=24)
+
+
+def _timed(name, timings):
+    class _Timer:
+        def __enter__(self):
+            self.start = time.time()
+            logger.info("== %s", name)
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.time() - self.start, 1)
+            return False
+
+    return _Timer()
+
+
+def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export: bool = True,
+             evaluate_stage1: bool = True) -> dict:
+    """Run the whole demo; returns (and writes) the summary."""
+    from transformers import AutoTokenizer
+
+    from ..evaluation.evaluator import evaluate
+    from .pretrain import finding_targets, pretrain_language_model, pretrain_vision_encoder
+    from .synthetic import generate_synthetic_dataset
+    from .tiny import tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
+    from ..sft.train import parse_args, train
+
+    config = config or DemoConfig()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    total_start = time.time()
+
+    data = out / "data"
+    with _timed("data", timings):
+        if not (data / "annotation.json").exists():
+            generate_synthetic_dataset(data, num_train=config.num_train, num_val=config.num_val,
+                                       num_test=config.num_test, image_size=config.image_size, seed=config.seed)
+        annotation = json.loads((data / "annotation.json").read_text())
+    train_rows = annotation["train"]
+
+    text_dir, vision_dir = out / "backbones" / "text", out / "backbones" / "vision"
+    with _timed("pretrain_lm", timings):
+        if not (text_dir / "config.json").exists():
+            # The image token is not in the LM's vocabulary, as with a real LLM: rrg adds it when assembling.
+            tokenizer = train_bpe_tokenizer([r["report"] for r in train_rows], vocab_size=config.vocab_size,
+                                            image_token="<reserved_0>")
+            text_config = tiny_text_config("llama", vocab_size=len(tokenizer), hidden_size=config.text_hidden,
+                                           num_layers=config.text_layers, num_heads=config.heads)
+            pretrain_language_model([r["report"] for r in train_rows], tokenizer, text_config, text_dir,
+                                    steps=config.lm_steps, batch_size=16, seed=config.seed)
+    with _timed("pretrain_vision", timings):
+        if not (vision_dir / "config.json").exists():
+            vision_config = tiny_vision_config("vit", image_size=config.image_size, patch_size=config.patch_size,
+                                               hidden_size=config.vision_hidden, num_layers=config.vision_layers,
+                                               num_heads=config.heads)
+            paths = [str(data / "images" / r["image_path"][0]) for r in train_rows]
+            targets = [finding_targets(r["findings"]) for r in train_rows]
+            pretrain_vision_encoder(paths, targets, vision_config, tiny_image_processor(config.image_size),
+                                    vision_dir, epochs=config.vit_epochs, seed=config.seed)
+
+    pooling = ["--num_visual_tokens", str(config.num_visual_tokens)] if config.num_visual_tokens else []
+    common = ["--dataset_path", str(data), "--feature_cache_dir", str(out / "features"), *pooling, "--use_cpu", "true",
+              "--disable_tqdm", "false", "--eval_strategy", "no", "--seed", str(config.seed)]
+    stage1_dir, stage2_dir = out / "stage1", out / "stage2"
+    with _timed("stage1", timings):
+        args = parse_args(["--config", str(RECIPES / "demo_stage1.yaml"), "--output_dir", str(stage1_dir),
+                           "--vision_model", str(vision_dir), "--text_model", str(text_dir),
+                           "--num_train_epochs", str(config.stage1_epochs), *common])
+        train(*args)
+    with _timed("stage2", timings):
+        args = parse_args(["--config", str(RECIPES / "demo_stage2.yaml"), "--output_dir", str(stage2_dir),
+                           "--model_name_or_path", str(stage1_dir), "--num_train_epochs", str(config.stage2_epochs),
+                           *common])
+        train(*args)
+
+    generation = {"max_new_tokens": config.max_new_tokens, "num_beams": 1, "repetition_penalty": 1.0}
+    with _timed("evaluate", timings):
+        from ..sft.loading import load_trained
+
+        model, processor = load_trained(stage2_dir, merge=True)
+        true_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval",
+                                batch_size=config.eval_batch_size, generation_kwargs=generation, model=model,
+                                processor=processor)
+        shuffled_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval_shuffled",
+                                    batch_size=config.eval_batch_size, generation_kwargs=generation, model=model,
+                                    processor=processor, shuffle_images_seed=config.seed)
+        stage1_metrics = None
+        if evaluate_stage1:
+            stage1_model, stage1_processor = load_trained(stage1_dir)
+            stage1_metrics = evaluate(stage1_dir, data, split="test", output_dir=out / "eval_stage1",
+                                      batch_size=config.eval_batch_size, generation_kwargs=generation,
+                                      model=stage1_model, processor=stage1_processor, meteor=False)
+
+    exported = None
+    if export:
+        with _timed("export", timings):
+            exported = _export(stage2_dir, out / "export", out / "eval")
+
+    stage_summaries = {name: json.loads((out / name / "model" / "rrg_training.json").read_text())
+                       for name in ("stage1", "stage2")}
+    summary = {
+        "config": asdict(config),
+        "timings_seconds": {**timings, "total": round(time.time() - total_start, 1)},
+        "stages": {name: {k: s[k] for k in ("mode", "trainable_parameters", "frozen_parameters", "train_loss",
+                                            "global_step")} for name, s in stage_summaries.items()},
+        "test": {"stage2_true_images": _headline(true_metrics), "stage2_shuffled_images": _headline(shuffled_metrics),
+                 "stage1_true_images": _headline(stage1_metrics) if stage1_metrics else {}},
+        "test_intervals": {"stage2_true_images": _headline_intervals(true_metrics),
+                           "stage2_shuffled_images": _headline_intervals(shuffled_metrics),
+                           "stage1_true_images": _headline_intervals(stage1_metrics) if stage1_metrics else {}},
+        "export": str(exported) if exported else None,
+        "tokenizer_vocab": len(AutoTokenizer.from_pretrained(text_dir)),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(summary_table(summary))
+    return summary
+
+
+def _export(stage2_dir: Path, export_dir: Path, eval_dir: Path):
+    from ..release.export import export_model
+
+    # The demo's data is local and synthetic, so the card's front matter names no Hub dataset.
+    return export_model(stage2_dir, export_dir, metrics=eval_dir, repo_id="your-org/rrg-demo", datasets=[],
+                        overwrite=True)
+
+
+HEADLINE = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def _headline(metrics: dict) -> dict:
+    ce = metrics["clinical_efficacy"]
+    out = {k: metrics[k] for k in HEADLINE if k in metrics}
+    out.update({"CE-F1 (micro-14)": ce["f1_micro_14"], "CE-F1 (macro-14)": ce["f1_macro_14"],
+                "CE-F1 (micro-5)": ce["f1_micro_5"], "CE-P (micro-14)": ce["precision_micro_14"],
+                "CE-R (micro-14)": ce["recall_micro_14"]})
+    return out
+
+
+def _headline_intervals(metrics: dict) -> dict:
+    """95% bootstrap intervals `[low, high]` of the headline rows (CE rows: the labeler's uncertain-as-negative)."""
+    out = _headline(metrics)
+    intervals = metrics.get("confidence_intervals") or {}
+    labeler = metrics.get("ce_labeler", "rule")
+    ce_keys = {"CE-F1 (micro-14)": "f1_micro_14", "CE-F1 (macro-14)": "f1_macro_14", "CE-F1 (micro-5)": "f1_micro_5",
+               "CE-P (micro-14)": "precision_micro_14", "CE-R (micro-14)": "recall_micro_14"}
+    for name, value in list(out.items()):
+        key = name if name in intervals else None
+        if name in ce_keys:
+            metric, averaging, labels = ce_keys[name].split("_")
+            key = f"ce_{labeler}_{metric}_{averaging}_{labels}_uncertain_negative"
+        ci = intervals.get(key) if key else None
+        out[name] = [ci["low"], ci["high"]] if ci else None
+    return out
+
+
+def _cell(value, interval=None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def summary_table(summary: dict) -> str:
+    test = summary["test"]
+    names = list(test["stage2_true_images"].keys())
+    lines = ["Values with 95% paired-bootstrap intervals [low, high].", "",
+             "| metric | stage 2, true images | stage 2, shuffled images | stage 1, true images |",
+             "| --- | ---: | ---: | ---: |"]
+    for name in names:
+        row = [test[k].get(name) for k in ("stage2_true_images", "stage2_shuffled_images", "stage1_true_images")]
+        cis = [summary.get("test_intervals", {}).get(k, {}).get(name)
+               for k in ("stage2_true_images", "stage2_shuffled_images", "stage1_true_images")]
+        lines.append(f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, cis)) + " |")
+    lines += ["", "| stage | mode | trainable | frozen | train loss | steps |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, s in summary["stages"].items():
+        lines.append(f"| {name} | {s['mode']} | {s['trainable_parameters']:,} | {s['frozen_parameters']:,} | "
+                     f"{s['train_loss']:.3f} | {s['global_step']} |")
+    lines += ["", "Time (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="rrg demo", description="Run the whole pipeline on the synthetic benchmark.")
+    parser.add_argument("--output-dir", default="outputs/demo")
+    parser.add_argument("--quick", action="store_true", help="A seconds-long smoke version (tiny sizes).")
+    parser.add_argument("--no-export", action="store_true")
+    a = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    summary = run_demo(a.output_dir, DemoConfig.quick() if a.quick else DemoConfig(), export=not a.no_export)
+    sys.stdout.write("\n" + summary_table(summary))
+    sys.stdout.write(f"\nOutputs in {a.output_dir} (see README: 'The demo').\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""The paper's two-stage training on trl's `SFTTrainer`, one entry point for both stages.
+
+Stage 1 (alignment): the vision encoder and the LLM are frozen, only the projector trains.
+Stage 2 (fine-tuning): LoRA adapters on the LLM's attention (and optionally MLP) projections, selected by module
+name under `model.language_model` so the vision tower is never touched, train together with the projector (saved in
+the adapter through peft's `modules_to_save`). Options: full fine-tuning instead of LoRA (`--use_peft false`),
+unfreezing the encoder (`--train_vision_tower`), QLoRA (`--load_in_4bit`, GPU + bitsandbytes), stage 2 straight from
+the backbones (the paper's ablation without stage 1).
+
+Usage:
+
+```bash
+rrg train --config training/sft/recipes/demo_stage1.yaml
+rrg train --config training/sft/recipes/demo_stage2.yaml --model_name_or_path outputs/demo/stage1
+# data-parallel, same command:
+torchrun --nproc_per_node 2 -m training.sft.train --config training/sft/recipes/demo_stage1.yaml
+accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero2.yaml -m training.sft.train --config training/sft/recipes/paper_stage2.yaml
+```
+
+Every recipe field can be overridden on the command line (`--learning_rate 1e-4`). Each stage writes checkpoints
+(`checkpoint-*`), TensorBoard logs (`runs/`) and, at the end, a complete `save_pretrained` folder `model/` (written to a
+temporary folder and renamed into place, with `rrg_training.json` written last), so an interrupted run never leaves a
+folder that looks finished.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..fileio import replace_dir, write_json_atomic
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RRGScriptArguments",
+    "RRGDataCollator",
+    "LORA_TARGETS",
+    "lora_target_regex",
+    "load_recipe_splits",
+    "build_model_and_processor",
+    "configure_trainable",
+    "count_parameters",
+    "train",
+    "main",
+]
+
+# Attention (and MLP) projection names per LLM family, used to build LoRA targets under `model.language_model`.
+LORA_TARGETS = {
+    "attention": {
+        "gpt2": ["attn.c_attn", "attn.c_proj"],
+        "default": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    },
+    "mlp": {
+        "gpt2": ["mlp.c_fc", "mlp.c_proj"],
+        "default": ["gate_proj", "up_proj", "down_proj"],
+    },
+}
+
+
+@dataclass
+class RRGScriptArguments:
+    """rrg-specific recipe fields (the rest come from trl's `SFTConfig` and `ModelConfig`)."""
+
+    stage: int = field(default=1, metadata={"help": "1: align (projector only); 2: fine-tune (LoRA or full + projector)."})
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "annotation.json (R2Gen layout), a folder holding one (e.g. the synthetic benchmark), or a "
+                          "Hugging Face dataset (hub id, save_to_disk folder, imagefolder, CSV/JSON file)."},
+    )
+    dataset_format: str = field(default="auto", metadata={"help": "auto | annotation | hf"})
+    image_root: str | None = field(default=None, metadata={"help": "Folder the image paths are relative to."})
+    image_column: str = field(default="image", metadata={"help": "HF datasets: image (or image list) column."})
+    report_column: str = field(default="report", metadata={"help": "HF datasets: report column."})
+    split_column: str | None = field(default=None, metadata={"help": "HF datasets: column holding the split name."})
+    train_split: str = field(default="train")
+    eval_split: str | None = field(default="validation", metadata={"help": "Split to evaluate on; none to skip."})
+    report_section: str = field(default="both", metadata={"help": "findings | impression | both"})
+    clean_reports: str | None = field(default=None, metadata={"help": "R2Gen-style cleaning: mimic | iu | none"})
+    on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skipped rows are counted in a warning)"})
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+    vision_model: str | None = field(default=None, metadata={"help": "Vision backbone (when not starting from an rrg folder)."})
+    text_model: str | None = field(default=None, metadata={"help": "LLM backbone (when not starting from an rrg folder)."})
+    projector_type: str = field(default="linear", metadata={"help": "linear (the paper) | mlp2x_gelu"})
+    num_visual_tokens: int | None = field(default=None, metadata={"help": "Pool each view to this many tokens."})
+    vision_feature_layer: int = field(default=-1)
+    max_views: int = field(default=2, metadata={"help": "Views per study; extra views are dropped (and counted)."})
+    instruction: str | None = field(default=None, metadata={"help": "Override the processor's instruction."})
+    lora_mlp: bool = field(default=False, metadata={"help": "Stage 2 LoRA also on the MLP projections."})
+    train_vision_tower: bool = field(default=False, metadata={"help": "Unfreeze the vision encoder."})
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache frozen-encoder features here (reused across epochs and stages)."}
+    )
+    merge_adapter: bool = field(default=False, metadata={"help": "Stage 2 LoRA: also write a merged model to merged/."})
+
+
+def lora_target_regex(text_model_type: str, include_mlp: bool = False) -> str:
+    """A peft `target_modules` regex matching only the LLM's projections (never the vision tower or projector)."""
+    family = "gpt2" if text_model_type == "gpt2" else "default"
+    names = list(LORA_TARGETS["attention"][family])
+    if include_mlp:
+        names += LORA_TARGETS["mlp"][family]
+    alternatives = "|".join(re.escape(name) for name in names)
+    return rf"^(?:.*\.)?model\.language_model\..*\.(?:{alternatives})$"
+
+
+# --------------------------------------------------------------------------------------------------- data
+def load_recipe_splits(args: RRGScriptArguments):
+    """Load the train / eval splits named by the recipe (see [`training.data.loaders.load_splits`])."""
+    from ..data.loaders import load_splits
+
+    if args.dataset_path is None:
+        raise ValueError("The recipe has no dataset_path; set it to an annotation.json, a dataset folder or a HF dataset.")
+    return load_splits(
+        args.dataset_path,
+        splits=[args.train_split, args.eval_split],
+        dataset_format=args.dataset_format,
+        image_root=args.image_root,
+        clean=None if args.clean_reports in (None, "none") else args.clean_reports,
+        on_error=args.on_bad_rows,
+        section=args.report_section,
+        image_column=args.image_column,
+        report_column=args.report_column,
+        split_column=args.split_column,
+    )
+
+
+class RRGDataCollator:
+    """
+    Turns dataset rows (`image_path` list, `report`) into model batches through the processor, the single source of
+    prompt formatting. With a [`FeatureCache`], cached encoder features are passed as `image_features` instead of
+    pixels (identical logits, no encoder forward).
+
+    Args:
+        processor ([`RRGProcessor`]): The model's processor.
+        max_length (`int`, *optional*): Truncate reports so sequences fit; prompts (and image tokens) are never cut.
+        feature_cache ([`FeatureCache`], *optional*): Use cached features.
+        image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.images.load_image`).
+        instruction (`str`, *optional*): Instruction override.
+    """
+
+    def __init__(self, processor, max_length=None, feature_cache=None, image_loader=None, instruction=None):
+        if image_loader is None:
+            from ..data.images import load_image
+
+            image_loader = load_image
+        self.processor = processor
+        self.max_length = max_length
+        self.feature_cache = feature_cache
+        self.image_loader = image_loader
+        self.instruction = instruction
+        self.dropped_views = 0
+
+    def _views(self, row) -> list:
+        views = list(row["image_path"])
+        if len(views) > self.processor.max_views:
+            self.dropped_views += len(views) - self.processor.max_views
+            views = views[: self.processor.max_views]
+        return views
+
+    def __call__(self, rows: list[dict]) -> dict:
+        studies = [self._views(row) for row in rows]
+        reports = [row["report"] for row in rows]
+        common = dict(report=reports, instruction=self.instruction, max_length=self.max_length,
+                      truncation=self.max_length is not None, padding_side="right")
+        if self.feature_cache is not None:
+            features, num_views = self.feature_cache.load_studies(studies)
+            batch = self.processor(num_views=num_views, **common)
+            batch["image_features"] = features
+        else:
+            images = [[self.image_loader(p) for p in views] for views in studies]
+            batch = self.processor(images=images, **common)
+        return dict(batch)
+
+
+# -------------------------------------------------------------------------------------------------- model
+def build_model_and_processor(args: RRGScriptArguments, model_args, dtype=None):
+    """
+    The model a stage starts from: an rrg folder (`model_name_or_path`, e.g. stage 1's output, or a LoRA folder,
+    merged) or, without one, the two pretrained backbones (`vision_model` + `text_model`).
+    """
+    from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
+
+    from .loading import load_trained, resolve_model_dir
+
+    quantization = _quantization_config(model_args)
+    if model_args.model_name_or_path:
+        source = Path(model_args.model_name_or_path)
+        if not source.exists():
+            raise FileNotFoundError(
+                f"model_name_or_path={source} does not exist. For stage 2 point it at stage 1's output folder "
+                "(e.g. outputs/demo/stage1), or drop it and set vision_model + text_model to start from the backbones."
+            )
+        folder = resolve_model_dir(source)  # refuses a stage folder whose run did not finish
+        if quantization is not None:
+            model = RRGForConditionalGeneration.from_pretrained(folder, quantization_config=quantization, dtype=dtype)
+            processor = RRGProcessor.from_pretrained(folder)
+        else:
+            model, processor = load_trained(folder, merge=True, dtype=dtype)
+        model.train()
+        return model, processor, {"init": str(folder.resolve())}
+    if not (args.vision_model and args.text_model):
+        raise ValueError(
+            "Set model_name_or_path (an rrg folder, e.g. stage 1's output) or both vision_model and text_model."
+        )
+    processor = RRGProcessor.from_pretrained_backbones(args.vision_model, args.text_model, image_seq_length=1,
+                                                       max_views=args.max_views)
+    text_kwargs = {"quantization_config": quantization} if quantization is not None else {}
+    model = RRGForConditionalGeneration.from_pretrained_backbones(
+        args.vision_model, args.text_model,
+        image_token_id=processor.image_token_id, vocab_size=len(processor.tokenizer), dtype=dtype,
+        text_kwargs=text_kwargs, projector_type=args.projector_type, num_visual_tokens=args.num_visual_tokens,
+        vision_feature_layer=args.vision_feature_layer, max_views=args.max_views,
+    )
+    processor.image_seq_length = model.config.image_seq_length
+    tok = processor.tokenizer
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.config.get_text_config().pad_token_id = tok.pad_token_id
+    return model, processor, {"vision": args.vision_model, "text": args.text_model}
+
+
+def _quantization_config(model_args):
+    if not (getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False)):
+        return None
+    if not torch.cuda.is_available():
+        raise ValueError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU; none is available here.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ValueError("QLoRA needs bitsandbytes: pip install bitsandbytes") from err
+    from transformers import BitsAndBytesConfig
+
+    # Only the LLM is quantized; the encoder, projector and LM head stay in full precision.
+    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
+    if model_args.load_in_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+                                  bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def configure_trainable(model, args: RRGScriptArguments, use_peft: bool):
+    """
+    Freeze / unfreeze by module name for the stage, and return the peft config (stage 2 LoRA) or None.
+
+    Stage 1: projector only. Stage 2 LoRA: adapters on the LLM + projector (as `modules_to_save`). Stage 2 full:
+    LLM + LM head + projector. `train_vision_tower` adds the encoder in any stage.
+    """
+    if args.stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {args.stage}.")
+    if args.stage == 1 and use_peft:
+        raise ValueError("Stage 1 trains only the projector; set use_peft false (LoRA belongs to stage 2).")
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    if args.train_vision_tower:
+        model.model.vision_tower.requires_grad_(True)
+    if args.stage == 2 and not use_peft:
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    return None
+
+
+def lora_config(model, args: RRGScriptArguments, model_args):
+    from peft import LoraConfig
+
+    if model_args.lora_target_modules:
+        names = list(model_args.lora_target_modules)
+        alternatives = "|".join(re.escape(n) for n in names)
+        target = rf"^(?:.*\.)?model\.language_model\..*\.(?:{alternatives})$"
+    else:
+        target = lora_target_regex(model.config.text_config.model_type, args.lora_mlp)
+    modules_to_save = ["multi_modal_projector"] + (["vision_tower"] if args.train_vision_tower else [])
+    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=target, modules_to_save=modules_to_save, task_type=None,
+                      use_rslora=model_args.use_rslora, use_dora=model_args.use_dora)
+
+
+def count_parameters(model) -> dict:
+    trainable = frozen = 0
+    by_module = {}
+    for name, param in model.named_parameters():
+        n = param.numel()
+        if param.requires_grad:
+            trainable += n
+        else:
+            frozen += n
+        top = next((m for m in ("vision_tower", "multi_modal_projector", "language_model", "lm_head") if m in name),
+                   "other")
+        entry = by_module.setdefault(top, {"trainable": 0, "frozen": 0})
+        entry["trainable" if param.requires_grad else "frozen"] += n
+    return {"trainable_parameters": trainable, "frozen_parameters": frozen, "by_module": by_module}
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
+    from .loading import COMPLETE_MARKER
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
+                                               "base_models": dict(base_models)})
+    replace_dir(tmp, folder)
+    return folder.resolve()
+
+
+def save_stage_outputs(trainer, processor, args, training_args, model_args, summary: dict) -> Path:
+    """Write the final `model/` folder (and `merged/` on request) atomically; `rrg_training.json` goes in last."""
+    from peft import PeftModel
+
+    from .loading import COMPLETE_MARKER
+
+    out = Path(training_args.output_dir)
+    final = out / "model"
+    tmp = out / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, PeftModel):
+        model.peft_config["default"].base_model_name_or_path = summary["base_models"]["init"]
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    write_json_atomic(tmp / COMPLETE_MARKER, summary)
+    replace_dir(tmp, final)
+    if isinstance(model, PeftModel) and args.merge_adapter:
+        from .loading import load_trained
+
+        merged, merged_processor = load_trained(final, merge=True)
+        mtmp = out / "merged.tmp"
+        shutil.rmtree(mtmp, ignore_errors=True)
+        merged.save_pretrained(mtmp)
+        merged_processor.save_pretrained(mtmp)
+        write_json_atomic(mtmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
+        replace_dir(mtmp, out / "merged")
+    return final
+
+
+# -------------------------------------------------------------------------------------------------- train
+def train(args: RRGScriptArguments, training_args, model_args) -> Path:
+    """Run one stage; returns the final model folder."""
+    from accelerate import PartialState
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    from ..data.loaders import split_key
+    from .feature_cache import FeatureCache
+
+    from transformers import set_seed
+
+    start = time.time()
+    state = PartialState()
+    set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
+    dtype = _resolve_dtype(model_args.dtype)
+    dataset = load_recipe_splits(args)
+    train_split = split_key(args.train_split)
+    eval_split = split_key(args.eval_split) if args.eval_split else None
+    train_dataset = dataset[train_split]
+    eval_dataset = dataset[eval_split] if eval_split else None
+    if args.max_train_samples:
+        train_dataset = train_dataset.select(range(min(args.max_train_samples, len(train_dataset))))
+    if eval_dataset is not None and args.max_eval_samples:
+        eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
+    if len(train_dataset) == 0:
+        raise ValueError(f"The {train_split!r} split of {args.dataset_path} has no rows.")
+
+    model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
+    if args.max_views != processor.max_views and model_args.model_name_or_path:
+        logger.info("Using the model's max_views=%d (recipe says %d).", processor.max_views, args.max_views)
+    use_peft = bool(model_args.use_peft)
+    configure_trainable(model, args, use_peft)
+    peft_config = lora_config(model, args, model_args) if (args.stage == 2 and use_peft) else None
+    if peft_config is not None and "init" not in base_models and state.is_main_process:
+        # Stage 2 without stage 1 (the ablation): an adapter needs a base rrg folder to load onto, so the assembled
+        # (untrained-projector) model is saved next to it first.
+        base_models["init"] = str(_save_base(model, processor, Path(training_args.output_dir) / "base", base_models))
+    elif peft_config is not None and "init" not in base_models:
+        base_models["init"] = str((Path(training_args.output_dir) / "base").resolve())
+
+    cache = None
+    if args.feature_cache_dir:
+        if args.train_vision_tower:
+            raise ValueError("feature_cache_dir needs a frozen encoder; drop it or train_vision_tower.")
+        cache = FeatureCache(args.feature_cache_dir, model, processor)
+        paths = [p for split in (train_dataset, eval_dataset) if split is not None
+                 for row in split["image_path"] for p in row[: processor.max_views]]
+        with state.main_process_first():
+            cache.precompute(paths)
+
+    training_args.remove_unused_columns = False
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache,
+                               instruction=args.instruction)
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processor, data_collator=collator, peft_config=peft_config)
+    counts = count_parameters(trainer.model)
+    logger.info(
+        "Stage %d: %s trainable parameters, %s frozen (%s).", args.stage, f"{counts['trainable_parameters']:,}",
+        f"{counts['frozen_parameters']:,}",
+        ", ".join(f"{k}: {v['trainable']:,} trainable / {v['frozen']:,} frozen" for k, v in counts["by_module"].items()),
+    )
+
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("last", "auto", "true"):
+        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if resume is None:
+            logger.info("No checkpoint in %s to resume from; starting fresh.", training_args.output_dir)
+        else:
+            logger.info("Resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if collator.dropped_views:
+        logger.warning("Dropped %d views beyond max_views=%d per study.", collator.dropped_views, processor.max_views)
+
+    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+    summary = {
+        "stage": args.stage,
+        "mode": "lora" if peft_config is not None else ("projector" if args.stage == 1 else "full"),
+        "recipe": {"rrg": asdict(args), "model": _jsonable(asdict(model_args)),
+                   "training": _jsonable(training_args.to_dict())},
+        **{k: counts[k] for k in ("trainable_parameters", "frozen_parameters")},
+        "parameters_by_module": counts["by_module"],
+        "base_models": base_models,
+        "datasets": [str(args.dataset_path)],
+        "train_rows": len(train_dataset),
+        "train_loss": result.training_loss,
+        "eval": eval_metrics,
+        "global_step": trainer.state.global_step,
+        "gradient_checkpointing": _checkpointing_active(trainer.model),
+        "world_size": state.num_processes,
+        "runtime_seconds": round(time.time() - start, 1),
+        "versions": _versions(),
+    }
+    final = None
+    if state.is_main_process:
+        final = save_stage_outputs(trainer, processor, args, training_args, model_args, summary)
+        logger.info("Stage %d done: %s", args.stage, final)
+    state.wait_for_everyone()
+    return final or Path(training_args.output_dir) / "model"
+
+
+def _checkpointing_active(model) -> bool:
+    """Whether gradient checkpointing is really on in the LLM (not only requested)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return any(getattr(m, "gradient_checkpointing", False) for m in base.modules() if m is not base)
+
+
+def _resolve_dtype(value):
+    if value in (None, "auto"):
+        return None
+    return getattr(torch, value) if isinstance(value, str) else value
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "peft": peft.__version__}
+
+
+def parse_args(argv=None):
+    """Parse `--config recipe.yaml` plus command-line overrides into (RRGScriptArguments, SFTConfig, ModelConfig)."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((RRGScriptArguments, SFTConfig, ModelConfig))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    except ValueError as err:
+        if "Unknown arguments" in str(err):
+            raise ValueError(f"{err} Run `rrg train --help` for the recipe fields.") from err
+        raise
+    return args, training_args, model_args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, training_args, model_args = parse_args(argv)
+    train(args, training_args, model_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
