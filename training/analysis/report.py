@@ -89,6 +89,9 @@ __all__ = [
 # Where each key position of the teacher-forced sequence belongs; the shares over these sum to one.
 ATTENTION_CATEGORIES = ("visual", "instruction", "report", "padding")
 _SENTENCE_END = re.compile(r"[.!?;]\s*$")
+# A list number ("1." opening a sentence or following "Findings:") does not end a sentence.
+_LIST_NUMBER = re.compile(r"(?:^|:)\s*\d{1,2}\.\s*$")
+_DECIMAL = re.compile(r"\d\.\d+\s*$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,7 +622,11 @@ def _sentence_spans(tokenizer, report_ids: Sequence[int], eos: set[int]) -> list
     spans, start = [], 0
     for index in range(len(ids)):
         piece = tokenizer.decode(ids[start : index + 1])
-        if _SENTENCE_END.search(piece) or index == len(ids) - 1:
+        end = bool(_SENTENCE_END.search(piece)) and not _LIST_NUMBER.search(piece)
+        if end and piece.rstrip().endswith(".") and index + 1 < len(ids):
+            # "1.5": the next token continues a decimal number.
+            end = not _DECIMAL.search(tokenizer.decode(ids[start : index + 2]))
+        if end or index == len(ids) - 1:
             text = " ".join(piece.split())
             if text.strip(" .;!?"):
                 spans.append((start, index + 1, text))
@@ -628,7 +635,7 @@ def _sentence_spans(tokenizer, report_ids: Sequence[int], eos: set[int]) -> list
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split a report into sentences/findings at `.`, `!`, `?` and `;` (decimal points are kept)."""
+    """Split a report into sentences/findings at `.`, `!`, `?` and `;` (decimal points and list numbers are kept)."""
     parts = re.split(r"(?<=[.!?;])(?<!\d\.)\s+", " ".join(text.split()))
     return [p for p in parts if p.strip(" .;!?")]
 
@@ -833,6 +840,7 @@ def token_attribution(
     study,
     max_new_tokens: int = 64,
     layers: Sequence[int] | None = None,
+    record: dict | None = None,
 ) -> dict:
     """
     Which visual tokens each generated sentence attends to, for one study.
@@ -847,6 +855,9 @@ def token_attribution(
         study: `(id, images)` or a dict with `id` and `images`.
         max_new_tokens (`int`, *optional*, defaults to 64): Report length limit.
         layers (`Sequence[int]`, *optional*): LLM layers averaged (default: all; negative indices allowed).
+        record (`dict`, *optional*): A report already written for the study (`id`, `views`, `prompt_ids`,
+            `report_ids`, `report`, as [`generate_reports`] returns), e.g. the one a user was shown with another
+            decoding or an indication; `study` and `max_new_tokens` are then ignored.
 
     Returns:
         `dict` with `id`, `report`, `views` (images), and `sentences`: per sentence its `text`, `visual_share`
@@ -861,7 +872,8 @@ def token_attribution(
         if bad:
             raise ValueError(f"Layer indices {bad} are out of range for a {num_layers}-layer LLM.")
         layers = sorted({i % num_layers for i in layers})
-    record = generate_reports(model, processor, [study], max_new_tokens=max_new_tokens, batch_size=1)[0]
+    if record is None:
+        record = generate_reports(model, processor, [study], max_new_tokens=max_new_tokens, batch_size=1)[0]
     pixel_values, num_views = processor.encode_images([record["views"]])
     with eager_attention(model):
         result = teacher_forced_attention(
@@ -963,19 +975,27 @@ def plot_attention_shares(result: dict, path: str | os.PathLike, title: str = ""
     return path
 
 
-def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int = 8, display_size: int = 256) -> Path:
-    """Heat maps of each sentence's attention to the visual tokens, over each view (rows: sentences, columns: views)."""
+def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int = 8, display_size: int = 256,
+                     views: Sequence[int] | None = None) -> Path:
+    """Heat maps of each sentence's attention to the visual tokens, over each view (rows: sentences, columns: views);
+    `views` picks which views (indices) to draw, default all."""
     from PIL import Image
 
     from modeling_rrg.processing_rrg import to_pil_image
 
     plt = _pyplot()
     sentences = result["sentences"][:max_sentences]
-    views = [to_pil_image(v).convert("L").resize((display_size, display_size), Image.BILINEAR) for v in result["views"]]
-    rows, cols = max(1, len(sentences)), len(views)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
+    chosen = list(range(len(result["views"]))) if views is None else list(views)
+    bad = [i for i in chosen if not 0 <= i < len(result["views"])]
+    if bad or not chosen:
+        raise ValueError(f"View indices {chosen} out of range for a study with {len(result['views'])} view(s).")
+    images = [to_pil_image(result["views"][i]).convert("L").resize((display_size, display_size), Image.BILINEAR)
+              for i in chosen]
+    rows, cols = max(1, len(sentences)), len(images)
+    # Constrained layout reserves room for the figure title, so it is never drawn over the first row's captions.
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False, layout="constrained")
     for row in range(rows):
-        for col, view in enumerate(views):
+        for col, (view_index, view) in enumerate(zip(chosen, images)):
             ax = axes[row][col]
             ax.imshow(np.asarray(view), cmap="gray", extent=(0, display_size, display_size, 0))
             ax.set_xticks([])
@@ -983,16 +1003,17 @@ def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int =
             if row < len(sentences):
                 sentence = sentences[row]
                 # The processor resizes the whole image (no crop), so the token grid spans the full view.
-                ax.imshow(sentence["maps"][col], cmap="jet", alpha=0.45, interpolation="bilinear",
+                ax.imshow(sentence["maps"][view_index], cmap="jet", alpha=0.45, interpolation="bilinear",
                           extent=(0, display_size, display_size, 0))
                 text = "".join(ch if ch.isprintable() else "?" for ch in sentence["text"])
                 text = textwrap.shorten(text, width=90, placeholder="...") or text[:87] + "..."
                 text = "\n".join(textwrap.wrap(text, width=45))
-                ax.set_title(f"{text}\n(visual share {sentence['visual_share']:.2f}, view {col})", fontsize=8)
+                ax.set_title(f"{text}\n(visual share {sentence['visual_share']:.2f}, view {view_index})", fontsize=8)
             else:
                 ax.set_title("(no report generated)", fontsize=8)
-    fig.suptitle(f"Study {result['id']}: attention of each sentence to the visual tokens (layers: {result['layers']})")
-    fig.tight_layout()
+    title = textwrap.fill(f"Study {result['id']}: attention of each sentence to the visual tokens "
+                          f"(layers: {result['layers']})", width=max(40, 48 * cols))
+    fig.suptitle(title, fontsize=10)
     path = Path(path)
     _save_figure(fig, path)
     return path
