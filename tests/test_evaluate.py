@@ -148,3 +148,9 @@ def test_evaluate_cli_on_a_saved_adapter_folder_with_beam_search_and_bertscore(s
     assert metrics["generation"]["num_beams"] == 2 and metrics["generation"]["repetition_penalty"] == 1.2
     assert metrics["num_samples"] == 4 and 0.0 <= metrics["BERTScore-F1"] <= 1.0
     assert "METEOR" not in metrics
+    # named CE variants, intervals for every metric, the reference protocol, and metrics.md laying them out
+    assert metrics["ce_rule_f1_micro_14_uncertain_negative"] == metrics["clinical_efficacy"]["f1_micro_14"]
+    assert {"BLEU-4", "CIDEr", "BERTScore-F1", "ce_rule_f1_micro_5_uncertain_positive"} <= set(
+        metrics["confidence_intervals"])
+    assert metrics["reference_truncation"].startswith("none")
+    assert "Clinical efficacy variants" in (out / "metrics.md").read_text()

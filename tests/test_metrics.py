@@ -307,7 +307,7 @@ def test_bertscore_with_local_checkpoint(tmp_path):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "small", "left", "pleural", "effusion", "heart", "."]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     model_dir = tmp_path / "tiny-bert"
-    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(str(model_dir))
+    BertTokenizer(str(tmp_path / "vocab.txt"), model_max_length=64).save_pretrained(str(model_dir))
     config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=64)  # fmt: skip
     BertModel(config).save_pretrained(str(model_dir))
@@ -319,6 +319,15 @@ def test_bertscore_with_local_checkpoint(tmp_path):
     other = scoring.compute_bertscore(["heart .", "small heart ."], refs, model_dir, num_layers=1)
     assert other["BERTScore-F1"] < 0.999
     assert "no idf" in other["bertscore_settings"]
+    # the reference implementation: the package's public entry point on the same model and layer
+    import bert_score
+
+    for layer in (1, 2):
+        cands, refs2 = ["heart .", "small heart .", "no no no"], ["small left pleural effusion .", "no effusion .", "heart ."]
+        ours = scoring.compute_bertscore(cands, refs2, model_dir, num_layers=layer)
+        p, r, f = bert_score.score(cands, refs2, model_type=str(model_dir), num_layers=layer, idf=False)
+        for name, expected in (("P", p), ("R", r), ("F1", f)):
+            assert ours[f"BERTScore-{name}_per_report"] == pytest.approx(expected.tolist(), abs=1e-6)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         scoring.compute_bertscore(refs, refs, tmp_path / "absent")
     with pytest.raises(ValueError, match="num_layers"):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 
+from .report_cleaning import clean_report_r2gen
+
 __all__ = ["REPORT_SECTIONS", "clean_report", "split_sections", "select_section"]
 
 REPORT_SECTIONS = ("both", "findings", "impression", "full")
-
-
-_SENT_STRIP = re.compile(r"[.,?;*!%^&_+():\-\[\]{}<=>@]")
 
 
 def clean_report(text: str, style: str = "mimic") -> str:
@@ -17,14 +16,9 @@ def clean_report(text: str, style: str = "mimic") -> str:
     Cleans a report the way R2Gen (Chen et al., 2020) does before tokenisation, so scores are
     comparable with published MIMIC-CXR / IU X-Ray results.
 
-    Steps: newlines to spaces; runs of `_` (MIMIC's de-identification placeholders `___`)
-    collapsed and then removed (`style="mimic"` only); repeated spaces and dots collapsed;
-    list numbering (`"1. "`, `" 2. "`, ...) removed; lower-casing; split into sentences at
-    `". "`; inside each sentence the punctuation `. , ? ; * ! % ^ & _ + ( ) : - [ ] { }` and quotes,
-    slashes, backslashes and apostrophes removed; sentences joined with `" . "` and ended by `" ."`.
-
-    One deliberate difference from R2Gen: empty sentences are dropped (R2Gen's check
-    `sent != []` is always true for strings, so it can emit `" .  . "`).
+    R2Gen's own rules, token for token (see [`~training.data.report_cleaning.clean_report_r2gen`], which this
+    calls: hyphens kept, `"1. "` removed anywhere, `2.`-`5.` list numbers only, IU keeps line breaks), with one
+    declared difference: sentences left empty by the cleaning are dropped (R2Gen keeps them as stray `" ."`).
 
     Args:
         text (`str`): Raw report.
@@ -40,26 +34,7 @@ def clean_report(text: str, style: str = "mimic") -> str:
     'findings heart size is normal . no effusion noted .'
     ```
     """
-    if style not in ("mimic", "iu"):
-        raise ValueError(f"style must be 'mimic' or 'iu', got {style!r}.")
-    if not isinstance(text, str):
-        raise TypeError(f"clean_report expects a string, got {type(text).__name__}.")
-    t = text.replace("\r", " ").replace("\n", " ")
-    if style == "mimic":
-        t = re.sub(r"_+", "_", t)
-    t = re.sub(r" {2,}", " ", t)
-    t = re.sub(r"\.{2,}", ".", t)
-    t = re.sub(r"(?:^|(?<=\s))1\. ", "", t)
-    t = re.sub(r"\.? (?:[2-9])\. ", ". ", t)
-    sentences = t.strip().lower().split(". ")
-    cleaned = []
-    for sent in sentences:
-        s = sent.replace('"', "").replace("/", "").replace("\\", "").replace("'", "")
-        s = _SENT_STRIP.sub("", s)
-        s = re.sub(r"\s+", " ", s).strip()
-        if s:
-            cleaned.append(s)
-    return " . ".join(cleaned) + " ." if cleaned else ""
+    return clean_report_r2gen(text, style=style)
 
 
 _SECTION_HEADER_RE = re.compile(r"(?im)^\s*(findings|impression|conclusion)\s*:|\b(FINDINGS|IMPRESSION|CONCLUSION)\s*:")

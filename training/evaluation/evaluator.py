@@ -1,8 +1,9 @@
 """Generate reports for a split and score them: `rrg evaluate`.
 
 Writes `predictions.jsonl` (id, reference, prediction, image paths; appended batch by batch, so a killed run resumes
-from what it already wrote), `metrics.json` (BLEU-1..4, METEOR, ROUGE-L, CIDEr as pycocoevalcap computes them, and
-clinical efficacy with the labeler named) and `metrics.md`.
+from what it already wrote), `metrics.json` (BLEU-1..4, METEOR, ROUGE-L, CIDEr equal to pycocoevalcap's, every named
+clinical-efficacy variant, optional BERTScore / RadGraph-F1, 95% bootstrap intervals, the cleaning and reference
+protocol) and `metrics.md` (see `training.evaluation.scorecard`).
 
 Usage:
 
@@ -111,35 +112,41 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
 
 
 def score_predictions(predictions: list[dict], labeler=None, tokenization: str = "r2gen", clean: str | None = "mimic",
-                      meteor: bool = True) -> dict:
-    """NLG metrics (on R2Gen-cleaned text by default, as the published tables) and clinical efficacy (raw text)."""
-    from ..data.reports import clean_report
-    from .scoring import compute_clinical_efficacy, compute_nlg_metrics
+                      meteor: bool = True, **scoring_kwargs) -> dict:
+    """Every metric with its bootstrap interval ([`~training.evaluation.scorecard.score_reports`]): NLG metrics on
+    R2Gen-cleaned text, the named CE variants on raw text; `scoring_kwargs` (reference_max_tokens, bertscore_model,
+    radgraph_model, replicates, ...) are passed on."""
+    from .scorecard import score_reports
 
-    preds = [row["prediction"] for row in predictions]
-    refs = [row["reference"] for row in predictions]
-    if clean:
-        nlg_preds = [clean_report(p, style=clean) if p.strip() else "" for p in preds]
-        nlg_refs = [clean_report(r, style=clean) for r in refs]
-    else:
-        nlg_preds, nlg_refs = preds, refs
-    nlg = compute_nlg_metrics(nlg_preds, nlg_refs, tokenization=tokenization, meteor=meteor)
-    ce = compute_clinical_efficacy(preds, refs, labeler=labeler)
-    return {**nlg, "nlg_text_cleaning": clean or "none", "clinical_efficacy": ce}
+    return score_reports([row["prediction"] for row in predictions], [row["reference"] for row in predictions],
+                         labeler=labeler, clean=clean, tokenization=tokenization, meteor=meteor, **scoring_kwargs)
+
+
+def load_radgraph_annotations(path, predictions: list[dict]) -> tuple[list, list]:
+    """Saved RadGraph graphs (`{study id: {"prediction": graph, "reference": graph}}`) in prediction order."""
+    graphs = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(graphs, dict):
+        raise ValueError(f"{path}: expected a JSON object keyed by study id, got {type(graphs).__name__}.")
+    missing = [str(row["id"]) for row in predictions if str(row["id"]) not in graphs]
+    if missing:
+        raise ValueError(f"{path}: no RadGraph annotations for {len(missing)} studies (e.g. {missing[:3]}).")
+    pairs = [graphs[str(row["id"])] for row in predictions]
+    return [p.get("prediction") for p in pairs], [p.get("reference") for p in pairs]
 
 
 def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
              generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
-             model=None, processor=None, bertscore_model=None, on_bad_rows="raise", allow_outside_image_root=False,
-             overwrite=False) -> dict:
+             model=None, processor=None, bertscore_model=None, radgraph_annotations_path=None, on_bad_rows="raise",
+             allow_outside_image_root=False, overwrite=False, **scoring_kwargs) -> dict:
     """
     Generate + score one split; returns the metrics dict (also written to `output_dir`).
 
     `predictions.jsonl` is resumed only when its `manifest.json` (model weights, data, split, sample limit, generation
     settings) equals this call's; otherwise it is refused, naming the differing fields (`overwrite=True` deletes it
     and starts fresh). Every image of the evaluated rows is decoded before the first batch (`on_bad_rows="skip"`
-    skips and counts rows with a bad image, duplicate id or image path outside the image root).
+    skips and counts rows with a bad image, duplicate id or image path outside the image root). `scoring_kwargs`
+    go to the scorer (BERTScore layer, RadGraph model, reference truncation, bootstrap replicates).
     """
     from ..data.image_check import check_rows
     from ..data.loaders import load_splits, split_key
@@ -174,13 +181,10 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     predictions = generate_reports(model, processor, rows, output_dir / "predictions.jsonl", batch_size=batch_size,
                                    generation_kwargs=generation_kwargs, shuffle_images_seed=shuffle_images_seed)
     labeler_obj = get_labeler(labeler, **(labeler_kwargs or {}))
+    if radgraph_annotations_path:
+        scoring_kwargs["radgraph_annotations"] = load_radgraph_annotations(radgraph_annotations_path, predictions)
     metrics = score_predictions(predictions, labeler=labeler_obj, tokenization=tokenization, clean=clean,
-                                meteor=meteor)
-    if bertscore_model:
-        from .scoring import compute_bertscore
-
-        metrics.update(compute_bertscore([r["prediction"] for r in predictions],
-                                         [r["reference"] for r in predictions], bertscore_model))
+                                meteor=meteor, bertscore_model=bertscore_model, **scoring_kwargs)
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
@@ -219,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-meteor", action="store_true")
     p.add_argument("--bertscore-model", default=None,
                    help="Local encoder checkpoint folder for BERTScore (optional; nothing is downloaded).")
+    p.add_argument("--bertscore-layer", type=int, default=None, help="Hidden layer for BERTScore (default: last).")
+    p.add_argument("--radgraph-model", default=None,
+                   help="Local RadGraph model folder (config.json, vocabulary/, weights.th) for RadGraph-F1.")
+    p.add_argument("--radgraph-annotations", default=None, metavar="JSON",
+                   help="RadGraph annotations saved elsewhere: {study id: {'prediction': graph, 'reference': graph}}.")
+    p.add_argument("--reference-max-tokens", type=int, default=None, metavar="N",
+                   help="R2Gen protocol: cut references to max sequence length N before scoring (default: untruncated).")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="REPLICATES",
+                   help="Bootstrap replicates for the 95%% intervals (0: none).")
     p.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
                    help="Control: give each study another study's images.")
     p.add_argument("--on-bad-rows", default="raise", choices=["raise", "skip"],
@@ -247,8 +260,11 @@ def main(argv=None) -> int:
                        labeler_kwargs=labeler_kwargs, tokenization=a.tokenization,
                        clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor,
                        image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images,
-                       bertscore_model=a.bertscore_model, on_bad_rows=a.on_bad_rows,
-                       allow_outside_image_root=a.allow_outside_image_root, overwrite=a.overwrite)
+                       bertscore_model=a.bertscore_model, bertscore_layer=a.bertscore_layer,
+                       radgraph_model=a.radgraph_model, radgraph_annotations_path=a.radgraph_annotations,
+                       reference_max_tokens=a.reference_max_tokens, replicates=a.bootstrap,
+                       on_bad_rows=a.on_bad_rows, allow_outside_image_root=a.allow_outside_image_root,
+                       overwrite=a.overwrite)
     from .scoring import metrics_to_markdown
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")

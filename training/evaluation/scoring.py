@@ -9,7 +9,7 @@ This is the plain-Python API behind the `rrg evaluate` command and the local `ev
   vs references (micro and macro, over the 14 observations and the 5-observation subset, plus a
   per-observation table).
 - [`metrics_to_markdown`]: the summary and per-observation tables as markdown.
-- [`compute_bertscore`]: optional BERTScore F1 with a local checkpoint.
+- [`compute_bertscore`]: optional BERTScore from the `bert-score` package with a local checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+RADGRAPH_METRIC_NAMES = ("RadGraph-F1-simple", "RadGraph-F1-partial", "RadGraph-F1-complete")
 NLG_METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 TOKENIZATIONS = {
@@ -318,27 +319,35 @@ def compute_bertscore(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> dict:
-    """BERTScore (Zhang et al., 2020) with a local checkpoint, without the `bert_score` package.
+    """BERTScore (Zhang et al., 2020) computed by the `bert-score` package with a local checkpoint.
 
-    Greedy cosine matching of contextual token embeddings from one hidden layer, without idf weighting
-    and without baseline rescaling; [CLS]/[SEP]-style special tokens are excluded. This is the algorithm
-    of the `bert_score` package without idf and rescaling (not checked against that package here, which
-    is not a dependency); numbers from different checkpoints or layers are not comparable.
+    Runs the package's own pipeline (`bert_score.utils.get_model`, which keeps the first `num_layers` layers, and
+    `bert_cos_score_idf`, greedy cosine matching) exactly as `bert_score.score(..., model_type=model_path,
+    num_layers=num_layers, idf=False)` does, without idf weighting and without baseline rescaling; the only step
+    we add is loading the tokenizer from the local folder and capping a missing `model_max_length` at the model's
+    position embeddings (the package passes it to truncation and fails on "unbounded"). Numbers from different
+    checkpoints or layers are not comparable.
 
     Args:
         predictions (`list[str]`): Generated reports.
         references (`list[str]`): Reference reports, one per prediction.
         model_path (`str` or `os.PathLike`): Local folder with a transformers encoder and its tokenizer.
-        num_layers (`int`, *optional*): Hidden layer to use (0 = embeddings). Defaults to the last layer.
+        num_layers (`int`, *optional*): Layer whose output is used (0 = embeddings). Defaults to the last layer.
         batch_size (`int`, *optional*, defaults to 16): Sentences per forward pass.
         device (`str`, *optional*, defaults to `"cpu"`): Torch device.
 
     Returns:
-        `dict`: `BERTScore-P`, `BERTScore-R`, `BERTScore-F1` (corpus means), `bertscore_model`,
-        `bertscore_layer`, `bertscore_settings`.
+        `dict`: `BERTScore-P`, `BERTScore-R`, `BERTScore-F1` (corpus means), the per-report lists under
+        `BERTScore-*_per_report`, `bertscore_model`, `bertscore_layer`, `bertscore_settings`.
     """
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from collections import defaultdict
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        from bert_score.utils import bert_cos_score_idf, get_model
+    except ImportError as error:
+        raise ImportError("BERTScore needs the `bert-score` package: `pip install rrg[bertscore]`.") from error
 
     predictions, references = _check_pairs(predictions, references)
     if not os.path.isdir(model_path):
@@ -346,49 +355,35 @@ def compute_bertscore(
             f"BERTScore model folder {model_path} does not exist; pass a local transformers checkpoint folder "
             "(nothing is downloaded)."
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(model_path), local_files_only=True).to(device).eval()
-    total_layers = model.config.num_hidden_layers
+    config = AutoConfig.from_pretrained(str(model_path), local_files_only=True)
+    total_layers = config.num_hidden_layers
     layer = total_layers if num_layers is None else num_layers
     if not 0 <= layer <= total_layers:
         raise ValueError(f"`num_layers` must be between 0 and {total_layers} for {model_path}, got {layer}.")
-
-    def embed(texts: list[str]) -> list:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True)
-            special = tokenizer(
-                texts[start : start + batch_size], padding=True, truncation=True, return_special_tokens_mask=True
-            )["special_tokens_mask"]
-            with torch.no_grad():
-                hidden = model(**batch.to(device), output_hidden_states=True).hidden_states[layer]
-            for row in range(hidden.shape[0]):
-                keep = batch["attention_mask"][row].bool() & ~torch.tensor(special[row], dtype=torch.bool).to(device)
-                vectors = hidden[row][keep]
-                out.append(torch.nn.functional.normalize(vectors, dim=-1))
-        return out
-
-    pred_vecs, ref_vecs = embed(predictions), embed(references)
-    precisions, recalls, f1s = [], [], []
-    for p, r in zip(pred_vecs, ref_vecs, strict=True):
-        if len(p) == 0 or len(r) == 0:
-            precisions.append(0.0), recalls.append(0.0), f1s.append(0.0)
-            continue
-        sim = p @ r.T
-        precision = sim.max(dim=1).values.mean().item()
-        recall = sim.max(dim=0).values.mean().item()
-        precisions.append(precision)
-        recalls.append(recall)
-        f1s.append(2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    positions = getattr(config, "max_position_embeddings", None) or 512
+    if tokenizer.model_max_length > positions:
+        tokenizer.model_max_length = positions
+    model = get_model(str(model_path), layer).to(device)
+    idf = defaultdict(lambda: 1.0)  # what bert_score.score does with idf=False
+    idf[tokenizer.sep_token_id] = 0
+    idf[tokenizer.cls_token_id] = 0
+    scores = bert_cos_score_idf(model, references, predictions, tokenizer, idf, verbose=False, device=device,
+                                batch_size=batch_size).cpu()
+    precisions, recalls, f1s = (scores[:, k].tolist() for k in range(3))
     n = len(f1s)
     return {
         "BERTScore-P": sum(precisions) / n,
         "BERTScore-R": sum(recalls) / n,
         "BERTScore-F1": sum(f1s) / n,
+        "BERTScore-P_per_report": precisions,
+        "BERTScore-R_per_report": recalls,
+        "BERTScore-F1_per_report": f1s,
         "bertscore_model": str(model_path),
         "bertscore_layer": layer,
         "bertscore_settings": (
-            "greedy cosine matching, no idf weighting, no baseline rescaling, special tokens excluded"
+            f"bert-score {_package_version('bert-score')}: greedy cosine matching, no idf weighting, no baseline "
+            "rescaling"
         ),
     }
 
@@ -413,24 +408,31 @@ def metrics_to_markdown(metrics: dict) -> str:
         raise TypeError(f"`metrics` must be a dict, got {type(metrics).__name__}.")
     flat: dict = {}
     for key, value in metrics.items():
-        if isinstance(value, dict) and key != "per_observation":
+        if isinstance(value, dict) and key not in ("per_observation", "confidence_intervals"):
             flat.update(value)
         else:
             flat[key] = value
 
-    lines = ["| Metric | Value |", "| --- | ---: |"]
+    intervals = flat.get("confidence_intervals") or {}
+
+    def row(label: str, key: str) -> str:
+        ci = intervals.get(key)
+        span = f"[{_fmt(ci['low'])}, {_fmt(ci['high'])}]" if ci else ""
+        return f"| {label} | {_fmt(flat[key])} | {span} |"
+
+    lines = ["| Metric | Value | 95% CI |", "| --- | ---: | :---: |"]
     for name in NLG_METRIC_NAMES:
         if name in flat:
-            lines.append(f"| {name} | {_fmt(flat[name])} |")
+            lines.append(row(name, name))
     for suffix, label in (("14", "14 obs."), ("5", "5 obs.")):
         for avg in ("micro", "macro"):
             for name, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
                 key = f"{name}_{avg}_{suffix}"
                 if key in flat:
-                    lines.append(f"| CE {short} ({avg}, {label}) | {_fmt(flat[key])} |")
-    for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1"):
+                    lines.append(f"| CE {short} ({avg}, {label}) | {_fmt(flat[key])} | |")
+    for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1", *RADGRAPH_METRIC_NAMES):
         if key in flat:
-            lines.append(f"| {key} | {_fmt(flat[key])} |")
+            lines.append(row(key, key))
     notes = []
     if "tokenization" in flat:
         notes.append(f"- NLG tokenization: {flat['tokenization']}")
@@ -440,6 +442,10 @@ def metrics_to_markdown(metrics: dict) -> str:
         notes.append(f"- Clinical efficacy labeler: `{flat['labeler']}`")
     if "positive_definition" in flat:
         notes.append(f"- Positive label: {flat['positive_definition']}")
+    if "reference_truncation" in flat:
+        notes.append(f"- References: {flat['reference_truncation']}")
+    if "confidence_interval_method" in flat:
+        notes.append(f"- Intervals: {flat['confidence_interval_method']}")
     for warning in flat.get("warnings", []) or []:
         notes.append(f"- Warning: {warning}")
     text = "\n".join(lines) + "\n"
@@ -460,4 +466,7 @@ def metrics_to_markdown(metrics: dict) -> str:
                     f"{_fmt(s['recall'])} | {_fmt(s['f1'])} |"
                 )
         text += "\n### Clinical efficacy per observation\n\n" + "\n".join(rows) + "\n"
+    from .ce_variants import ce_variants_markdown
+
+    text += ce_variants_markdown(metrics)
     return text

@@ -289,7 +289,11 @@ def build_card_context(
         ce = metrics.get("clinical_efficacy") if isinstance(metrics.get("clinical_efficacy"), dict) else {}
         flat_ce = {**{k: v for k, v in metrics.items() if k in dict(CE_METRICS)}, **ce}
         results = [(name, float(metrics[name])) for name in NLG_METRICS if _is_number(metrics.get(name))]
-        ce_rows = [(label, float(flat_ce[key])) for key, label in CE_METRICS if _is_number(flat_ce.get(key))]
+        from ..evaluation.ce_variants import card_rows
+
+        ce_rows = card_rows(metrics) or [
+            (label, float(flat_ce[key])) for key, label in CE_METRICS if _is_number(flat_ce.get(key))
+        ]
         labeler = ce.get("labeler") or metrics.get("labeler")
         split = metrics.get("split")
         eval_dataset = metrics.get("dataset_name") or metrics.get("data")

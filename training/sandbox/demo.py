@@ -178,6 +178,9 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                                             "global_step")} for name, s in stage_summaries.items()},
         "test": {"stage2_true_images": _headline(true_metrics), "stage2_shuffled_images": _headline(shuffled_metrics),
                  "stage1_true_images": _headline(stage1_metrics) if stage1_metrics else {}},
+        "test_intervals": {"stage2_true_images": _headline_intervals(true_metrics),
+                           "stage2_shuffled_images": _headline_intervals(shuffled_metrics),
+                           "stage1_true_images": _headline_intervals(stage1_metrics) if stage1_metrics else {}},
         "export": str(exported) if exported else None,
         "tokenizer_vocab": len(AutoTokenizer.from_pretrained(text_dir)),
     }
@@ -206,14 +209,40 @@ def _headline(metrics: dict) -> dict:
     return out
 
 
+def _headline_intervals(metrics: dict) -> dict:
+    """95% bootstrap intervals `[low, high]` of the headline rows (CE rows: the labeler's uncertain-as-negative)."""
+    out = _headline(metrics)
+    intervals = metrics.get("confidence_intervals") or {}
+    labeler = metrics.get("ce_labeler", "rule")
+    ce_keys = {"CE-F1 (micro-14)": "f1_micro_14", "CE-F1 (macro-14)": "f1_macro_14", "CE-F1 (micro-5)": "f1_micro_5",
+               "CE-P (micro-14)": "precision_micro_14", "CE-R (micro-14)": "recall_micro_14"}
+    for name, value in list(out.items()):
+        key = name if name in intervals else None
+        if name in ce_keys:
+            metric, averaging, labels = ce_keys[name].split("_")
+            key = f"ce_{labeler}_{metric}_{averaging}_{labels}_uncertain_negative"
+        ci = intervals.get(key) if key else None
+        out[name] = [ci["low"], ci["high"]] if ci else None
+    return out
+
+
+def _cell(value, interval=None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
 def summary_table(summary: dict) -> str:
     test = summary["test"]
     names = list(test["stage2_true_images"].keys())
-    lines = ["| metric | stage 2, true images | stage 2, shuffled images | stage 1, true images |",
+    lines = ["Values with 95% paired-bootstrap intervals [low, high].", "",
+             "| metric | stage 2, true images | stage 2, shuffled images | stage 1, true images |",
              "| --- | ---: | ---: | ---: |"]
     for name in names:
         row = [test[k].get(name) for k in ("stage2_true_images", "stage2_shuffled_images", "stage1_true_images")]
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row) + " |")
+        cis = [summary.get("test_intervals", {}).get(k, {}).get(name)
+               for k in ("stage2_true_images", "stage2_shuffled_images", "stage1_true_images")]
+        lines.append(f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, cis)) + " |")
     lines += ["", "| stage | mode | trainable | frozen | train loss | steps |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, s in summary["stages"].items():
         lines.append(f"| {name} | {s['mode']} | {s['trainable_parameters']:,} | {s['frozen_parameters']:,} | "
