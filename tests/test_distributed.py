@@ -157,14 +157,13 @@ def test_two_processes_train_like_one(workspace, reference, tmp_path, backend): 
 
     # Resume from the mid-run checkpoint (step 2 of 4; the backend's own format: sharded for FSDP2 and ZeRO). Another
     # seed would initialise the adapters differently, so only a really restored checkpoint ends on the same weights;
-    # the data order stays (data_seed).
+    # the data order stays (data_seed). A new output folder: the run guard (rrg_run.json) refuses to resume another
+    # recipe's run in place, so the checkpoint is named explicitly.
     resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(tmp_path / "stage2" / "checkpoint-2", resumed_dir / "checkpoint-2")
     resume_config = recipe(workspace, resumed_dir, stage=2, use_peft=True,
                            model_name_or_path=str(reference["stage1"]), per_device_train_batch_size=2,
                            feature_cache_dir=str(cache), **{**COMMON, "seed": 1})
-    launch(backend, resume_config, "--resume_from_checkpoint", "last")
+    launch(backend, resume_config, "--resume_from_checkpoint", str(tmp_path / "stage2" / "checkpoint-2"))
     resumed = resumed_dir / "model"
     assert json.loads((resumed / "rrg_training.json").read_text())["global_step"] == 4
     assert_same_weights(stage2, resumed, atol=1e-6)
