@@ -10,7 +10,6 @@ that cannot import this project, and a run resumed from a mid-run checkpoint end
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
