@@ -8,21 +8,20 @@ import torch
 from PIL import Image
 
 from helpers import xray
-from training.analysis import report as analysis
-from training.analysis.report import (
+from training.analysis.attention import (
     ATTENTION_CATEGORIES,
+    _sentence_spans,
     attention_category_shares,
+    attention_share_analysis,
     eager_attention,
-    embedding_analysis,
-    generate_reports,
-    nearest_words,
-    run_analysis,
-    special_token_ids,
+    generate_records,
     split_sentences,
     teacher_forced_attention,
-    token_attribution,
-    visual_token_grid,
 )
+from training.analysis.attribution import token_attribution, visual_token_grid
+from training.analysis.embeddings import embedding_analysis, nearest_words, special_token_ids
+from training.analysis.report import main as analyze_main
+from training.analysis.report import run_analysis
 from training.sandbox.tiny import build_tiny_model
 
 
@@ -73,7 +72,7 @@ def test_attention_category_shares_matches_manual():
 
 def test_attention_shares_sum_to_one_per_layer(tiny):
     model, processor = tiny
-    records = generate_reports(model, processor, _studies(3), max_new_tokens=6, batch_size=3)
+    records = generate_records(model, processor, _studies(3), max_new_tokens=6, batch_size=3)
     pixel_values, num_views = processor.encode_images([r["views"] for r in records])
     with eager_attention(model):
         results = teacher_forced_attention(model, records, pixel_values, num_views)
@@ -106,7 +105,7 @@ def test_visual_share_is_zero_without_image_tokens(tiny):
 
 def test_attention_share_analysis_spread(tiny):
     model, processor = tiny
-    result = analysis.attention_share_analysis(model, processor, _studies(3), max_new_tokens=4, batch_size=2)
+    result = attention_share_analysis(model, processor, _studies(3), max_new_tokens=4, batch_size=2)
     layers = model.config.text_config.num_hidden_layers
     assert result["per_study"].shape[0] == 3
     assert result["layer_mean"].shape == result["layer_std"].shape == (layers, len(ATTENTION_CATEGORIES))
@@ -182,7 +181,7 @@ def test_split_sentences(tokenizer):
     assert split_sentences(text) == ["The heart size is normal.", "Lungs are clear;", "no effusion.", "Nodule of 1.5 cm!"]
     # Token spans of a generated report (EOS dropped) follow the same sentence boundaries.
     ids = tokenizer(" The heart size is normal. The lungs are clear.", add_special_tokens=False)["input_ids"]
-    spans = analysis._sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
+    spans = _sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
     assert [text for _, _, text in spans] == ["The heart size is normal.", "The lungs are clear."]
     assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and spans[1][1] == len(ids)
 
@@ -251,7 +250,7 @@ def test_cli_on_saved_model_and_annotation(tiny, tokenizer, tmp_path):
     annotation = tmp_path / "data" / "annotation.json"
     annotation.write_text(json.dumps({"train": entries[:1], "val": entries[:1], "test": entries}))
     out = tmp_path / "out"
-    code = analysis.main([
+    code = analyze_main([
         "--model", str(model_dir), "--data", str(annotation), "--split", "test", "--max-studies", "2",
         "--study-id", "t2", "--batch-size", "2", "--max-new-tokens", "4", "--output-dir", str(out),
         "--attribution-layers", "-1", "--device", "cpu", "--compare-model", str(tmp_path / "stage1"),
@@ -265,5 +264,5 @@ def test_cli_on_saved_model_and_annotation(tiny, tokenizer, tmp_path):
     _check_png(out / "comparison.png")
     _check_png(out / "attribution_t2.png")
     with pytest.raises(ValueError, match="not in split"):
-        analysis.main(["--model", str(model_dir), "--data", str(annotation), "--study-id", "nope",
+        analyze_main(["--model", str(model_dir), "--data", str(annotation), "--study-id", "nope",
                        "--output-dir", str(out)])

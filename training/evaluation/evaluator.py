@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..fileio import write_json_atomic, write_text_atomic
+from .generation import DEFAULT_GENERATION, generate_batch
 
 
 logger = logging.getLogger(__name__)
@@ -88,18 +89,14 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
     todo = [(row, images) for row, images in zip(rows, image_sets) if row["id"] not in done]
     if done:
         logger.info("Resuming: %d of %d predictions already in %s.", len(done), len(rows), predictions_path)
-    kwargs = {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **(generation_kwargs or {})}
-    device = next(model.parameters()).device
     with open(predictions_path, "a", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(todo), batch_size), desc="Generating reports", unit="batch"):
             chunk = todo[start : start + batch_size]
             studies = [[image_loader(p) for p in images] for _, images in chunk]
-            batch = processor(images=studies, instruction=instruction, padding_side="left").to(device)
-            output = model.generate(**batch, **kwargs)
-            texts = processor.batch_decode(output[:, batch["input_ids"].shape[1]:])
+            outputs = generate_batch(model, processor, studies, generation_kwargs, instruction=instruction)
             lines = []
-            for (row, images), text in zip(chunk, texts):
-                record = {"id": row["id"], "reference": row["report"], "prediction": text,
+            for (row, images), output in zip(chunk, outputs):
+                record = {"id": row["id"], "reference": row["report"], "prediction": output["report"],
                           "image_path": [str(p) for p in images]}
                 done[row["id"]] = record
                 lines.append(json.dumps(record) + "\n")
@@ -159,7 +156,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "split": split, "num_samples": len(predictions),
-        "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
+        "generation": {**DEFAULT_GENERATION, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })
     from .scoring import metrics_to_markdown
