@@ -44,3 +44,40 @@ def run_isolated(code: str, cwd, env_extra=None, timeout=600) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
     return proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------- training recipes
+def train_recipe(workspace, out, **overrides):
+    """Write a tiny CPU training recipe (see the `workspace` fixture) next to `out`; fields override the defaults."""
+    from pathlib import Path
+
+    import yaml
+
+    base = {
+        "stage": 1, "dataset_path": str(workspace / "data"), "vision_model": str(workspace / "vision"),
+        "text_model": str(workspace / "text"), "num_visual_tokens": 4, "output_dir": str(out), "max_steps": 4,
+        "per_device_train_batch_size": 4, "learning_rate": 0.01, "logging_steps": 2, "save_steps": 2,
+        "bf16": False, "gradient_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
+        "eval_strategy": "no", "seed": 0, "data_seed": 0, "disable_tqdm": True, "save_only_model": False,
+    }
+    base.update(overrides)
+    path = Path(out).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def train_run(path, *extra):
+    """Run `rrg train --config path [extra ...]` in process; returns the final model folder."""
+    from training.sft.train import parse_args, train
+
+    args, training_args, model_args = parse_args(["--config", str(path), *extra])
+    return train(args, training_args, model_args)
+
+
+def weights(folder):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from ..fileio import replace_dir
-from ..sft.loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
+from ..sft.loading import COMPLETE_MARKER, DTYPES, is_adapter_dir, parse_dtype, read_training_summary, resolve_model_dir
 
 
 logger = logging.getLogger(__name__)
@@ -381,17 +381,6 @@ def render_model_card(context: dict, template_path: str | Path | None = None):
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def _dtype(name: str | None):
-    if name is None:
-        return None
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {name!r}.")
-    return dtypes[name]
-
-
 def _remote_code_dir() -> Path:
     import modeling_rrg
 
@@ -465,7 +454,7 @@ def export_model(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
-        model, processor = load_trained(source, merge=not keep_adapter, dtype=_dtype(dtype))
+        model, processor = load_trained(source, merge=not keep_adapter, dtype=parse_dtype(dtype))
         base = model.get_base_model() if keep_adapter else model
         if max_new_tokens is not None and getattr(base.generation_config, "max_new_tokens", None) is None:
             base.generation_config.max_new_tokens = int(max_new_tokens)
@@ -656,7 +645,7 @@ def export_main(argv=None) -> int:
     parser.add_argument("--dataset", action="append", dest="datasets",
                         help="Hub dataset id for the card (repeatable); default: those the run recorded.")
     parser.add_argument("--max-shard-size", default="5GB", help="Safetensors shard size (default 5GB).")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="Save the weights in this dtype.")
+    parser.add_argument("--dtype", choices=DTYPES, help="Save the weights in this dtype.")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help="Default report length for generation_config.json when the model has none.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
