@@ -24,7 +24,6 @@ from training.analysis.report import main as analyze_main
 from training.analysis.report import run_analysis
 from training.sandbox.tiny import build_tiny_model
 
-
 VISUAL = ATTENTION_CATEGORIES.index("visual")
 PADDING = ATTENTION_CATEGORIES.index("padding")
 

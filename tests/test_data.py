@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from training.data.chexpert import CHEXPERT_OBSERVATIONS
+from training.data.images import load_image, read_dicom
 from training.data.loaders import FEATURES, load_annotation_json, load_hf_dataset
 from training.data.reports import clean_report, select_section, split_sections
-from training.data.images import load_image, read_dicom
 
 
 def _png(path, value=100, size=24, mode="L"):

@@ -11,7 +11,6 @@ import torch
 
 from helpers import run_isolated, xray
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "rrg-org/rrg-tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -131,8 +130,8 @@ def python_blocks(markdown: str) -> list[str]:
 def adapter_export(tmp_path_factory):
     """Stage 1 + stage 2 adapter, exported merged with metrics; plus reference logits of the PeftModel."""
     from training.release.export import export_model
-    from training.sft.loading import load_trained
     from training.sandbox.tiny import train_bpe_tokenizer
+    from training.sft.loading import load_trained
 
     root = tmp_path_factory.mktemp("run")
     stage1, stage2 = make_adapter_run(root, train_bpe_tokenizer())

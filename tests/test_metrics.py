@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from training.evaluation import scoring
 from training.data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS
+from training.evaluation import scoring
 from training.evaluation.labeler import RuleBasedLabeler
 from training.evaluation.metrics import CLINICAL_EFFICACY_METRIC_PATH, NLG_METRIC_PATH, load_metric
 from training.evaluation.scoring import compute_clinical_efficacy, compute_nlg_metrics, metrics_to_markdown

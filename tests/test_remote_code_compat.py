@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
-from helpers import xray
 from test_export import REPO_ID, hub_cache, make_adapter_run, python_blocks, reference_batch, write_metrics
 
+from helpers import xray
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Oldest and newest transformers of SUPPORTED_TRANSFORMERS (">=5.0,<6"); bump NEWEST when a new 5.x is released.
@@ -75,8 +74,8 @@ def fresh_venv(transformers_version: str) -> Path:
 def release(tmp_path_factory):
     """A stage-2 LoRA run exported merged, the reference batch and logits, images for the card, a Hub cache copy."""
     from training.release.export import export_model
-    from training.sft.loading import load_trained
     from training.sandbox.tiny import train_bpe_tokenizer
+    from training.sft.loading import load_trained
 
     root = tmp_path_factory.mktemp("compat")
     _, stage2 = make_adapter_run(root, train_bpe_tokenizer())

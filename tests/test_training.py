@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from helpers import train_recipe as recipe
 from helpers import train_run as run
 from helpers import weights
-from training.sft.train import RRGDataCollator, parse_args, train
+from training.sft.train import RRGDataCollator, parse_args
 
 
 def test_stage1_trains_only_the_projector(workspace, tmp_path):

@@ -13,10 +13,18 @@ Each sub-command has its own `--help`.
 """
 
 import importlib
+import logging
 import sys
 
+__all__ = ["COMMANDS", "LOG_FORMAT", "setup_logging", "main"]
 
-__all__ = ["COMMANDS", "main"]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The one logging setup of the `rrg` command (library modules only log; they never configure logging)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
 
 # command -> (module, function, one-line help)
 COMMANDS = {
@@ -47,6 +55,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"rrg: unknown command {command!r}.\n\n" + _usage())
         return 2
     module_name, function, _ = COMMANDS[command]
+    setup_logging()
     module = importlib.import_module(module_name)
     result = getattr(module, function)(rest)
     return result if isinstance(result, int) else 0

@@ -6,7 +6,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 __all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_dir"]
 
 

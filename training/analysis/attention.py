@@ -217,7 +217,7 @@ def teacher_forced_attention(
     bos = (bos * query_mask[:, None, None, :]).sum(-1) / query_mask.sum(-1)[:, None, None]
     results = []
     layers = list(range(len(attentions))) if attribution_layers is None else list(attribution_layers)
-    for row, record in enumerate(records):
+    for row in range(len(records)):
         item = {"shares": shares[row].numpy(), "bos_share": bos[row].numpy(), "num_queries": int(query_mask[row].sum())}
         if return_visual_attention:
             visual = categories[row] == ATTENTION_CATEGORIES.index("visual")

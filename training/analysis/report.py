@@ -400,8 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `rrg analyze`; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     labels = tuple(part.strip() for part in args.labels.split(","))
     if len(labels) != 2:
         raise ValueError(f"--labels takes two comma-separated names, got {args.labels!r}.")

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from ..fileio import write_json_atomic, write_text_atomic
 from .generation import DEFAULT_GENERATION, generate_batch
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["generate_reports", "score_predictions", "read_predictions", "evaluate", "main"]
@@ -129,9 +128,9 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
              meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
              model=None, processor=None, bertscore_model=None) -> dict:
     """Generate + score one split; returns the metrics dict (also written to `output_dir`)."""
-    from .labeler import get_labeler
-    from ..sft.loading import load_trained, resolve_model_dir
     from ..data.loaders import load_splits, split_key
+    from ..sft.loading import load_trained, resolve_model_dir
+    from .labeler import get_labeler
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
     labeler_kwargs = {}
     if a.labeler == "chexbert":
@@ -215,7 +213,3 @@ def main(argv=None) -> int:
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,6 @@ from pathlib import Path
 from ..fileio import replace_dir
 from ..sft.loading import COMPLETE_MARKER, DTYPES, is_adapter_dir, parse_dtype, read_training_summary, resolve_model_dir
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -623,11 +622,6 @@ def push_to_hub(
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
-def _setup_logging():
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
 def export_main(argv=None) -> int:
     """`rrg export`: trained folder -> Hub-ready folder. Returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -650,7 +644,6 @@ def export_main(argv=None) -> int:
                         help="Default report length for generation_config.json when the model has none.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
     args = parser.parse_args(argv)
-    _setup_logging()
     try:
         out = export_model(
             args.model, args.output_dir, merge_lora=not args.keep_adapter, base_model_id=args.base_model_id,
@@ -678,7 +671,6 @@ def push_main(argv=None) -> int:
     parser.add_argument("--commit-message", help="Commit message.")
     parser.add_argument("--dry-run", action="store_true", help="List what would be uploaded; contact nothing.")
     args = parser.parse_args(argv)
-    _setup_logging()
     try:
         result = push_to_hub(
             args.folder, args.repo_id, private=args.private, revision=args.revision,

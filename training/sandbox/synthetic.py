@@ -47,11 +47,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -990,7 +992,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--normal-fraction", type=float, default=0.35)
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return generate_synthetic_dataset(
         args.out,
         num_train=args.num_train,
@@ -1005,5 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m training.sandbox.synthetic` (torchrun / accelerate launch): same as `rrg data`
+    from training.cli import main as rrg
+
+    sys.exit(rrg(["data", *sys.argv[1:]]))

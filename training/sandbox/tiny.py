@@ -24,7 +24,6 @@ from transformers import (
 
 from modeling_rrg import RRGConfig, RRGForConditionalGeneration, RRGProcessor
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [

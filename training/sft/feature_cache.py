@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["FeatureCache", "encoder_fingerprint"]

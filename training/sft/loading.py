@@ -8,7 +8,6 @@ import torch
 
 from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["COMPLETE_MARKER", "resolve_model_dir", "is_adapter_dir", "load_trained", "read_training_summary"]

@@ -36,7 +36,6 @@ import torch
 
 from ..fileio import replace_dir, write_json_atomic
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -209,6 +208,7 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
 def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     """Run one stage; returns the final model folder."""
     from accelerate import PartialState
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
@@ -216,8 +216,6 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     from .feature_cache import FeatureCache
     from .loading import parse_dtype
     from .model_setup import build_model_and_processor, configure_trainable, count_parameters, lora_config
-
-    from transformers import set_seed
 
     start = time.time()
     state = PartialState()
@@ -342,11 +340,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, training_args, model_args = parse_args(argv)
     train(args, training_args, model_args)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m training.sft.train` (torchrun / accelerate launch): same as `rrg train`
+    from training.cli import main as rrg
+
+    sys.exit(rrg(["train", *sys.argv[1:]]))
