@@ -34,7 +34,7 @@ COMMANDS = {
     "evaluate": ("training.evaluation.evaluator", "main", "Generate reports for a split and score them."),
     "analyze": ("training.analysis.report", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
     "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),
-    "push": ("training.release.export", "push_main", "Upload an exported folder to the Hugging Face Hub."),
+    "push": ("training.release.push", "push_main", "Upload an exported folder to the Hugging Face Hub."),
 }
 
 
