@@ -118,6 +118,7 @@ def test_model_card_without_metrics_says_so(tmp_path, tokenizer):
     assert 'model="your-org/stage1"' in card.text  # placeholder id when none is given
 
 
+@pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_card_quick_start_runs_as_written_in_a_fresh_process(adapter_export, tmp_path):
     """Every python block of the card runs, unchanged, where the project is not importable, resolving the repo id
     from a Hub cache layout offline (images named as in the card are placed in the working directory)."""

@@ -138,6 +138,7 @@ print(json.dumps({{"one": one, "batch": batch, "itt": out[0]["generated_text"]}}
 """
 
 
+@pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_both_pipelines_from_a_fresh_process(exported):
     out = run_isolated(FRESH_PIPELINES.format(name=str(exported)), cwd=exported.parent,
                        env_extra={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})

@@ -41,6 +41,7 @@ def test_recipe_instruction_is_saved_and_used_by_evaluate_and_the_pipeline(works
     assert INSTRUCTION in pipe.processor.build_prompt(1)
 
 
+@pytest.mark.slow  # needs the stage1 training run
 def test_stage2_instruction_overrides_the_folder_and_unset_keeps_it(workspace, stage1, tmp_path):
     args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
                                 instruction=INSTRUCTION)
@@ -63,6 +64,7 @@ def test_attn_implementation_takes_effect(workspace, tmp_path):
         build_model_and_processor(args, model_args)
 
 
+@pytest.mark.slow  # needs the stage1 training run
 def test_model_revision_on_local_folders_is_an_error(workspace, stage1, tmp_path):
     args, _, model_args = _args(workspace, tmp_path, model_revision="v2")
     with pytest.raises(ValueError, match="model_revision='v2'.*local folder"):
@@ -89,6 +91,7 @@ def test_model_revision_of_a_hub_backbone_is_downloaded_at_that_revision(workspa
     assert base_models == {"vision": "org/vision", "text": "org/text", "revision": "v2"}
 
 
+@pytest.mark.slow  # needs the stage1 training run
 @pytest.mark.parametrize(
     ("field", "value"),
     [("projector_type", "mlp2x_gelu"), ("num_visual_tokens", 2), ("vision_feature_layer", -2), ("max_views", 3)],
@@ -100,6 +103,7 @@ def test_projector_fields_that_differ_from_the_stage1_folder_are_errors(workspac
         build_model_and_processor(args, model_args)
 
 
+@pytest.mark.slow  # needs the stage1 training run
 def test_projector_fields_equal_to_the_folder_are_accepted(workspace, stage1, tmp_path):
     args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
                                 projector_type="linear", num_visual_tokens=4, vision_feature_layer=-1, max_views=2)

@@ -15,6 +15,9 @@ from helpers import train_run as run
 from helpers import weights
 from training.sft.train import RRGDataCollator, parse_args
 
+# Every test here trains (SFTTrainer runs on CPU, DDP subprocesses): minutes in all.
+pytestmark = pytest.mark.slow
+
 
 def test_stage1_trains_only_the_projector(workspace, tmp_path):
     final = run(recipe(workspace, tmp_path / "stage1"))
