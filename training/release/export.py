@@ -24,10 +24,9 @@ import argparse
 import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from ..fileio import replace_dir
+from ..fileio import atomic_dir
 from ..sft.loading import DTYPES, is_adapter_dir, parse_dtype, resolve_model_dir
 from .card import (
     DEFAULT_LICENSE,
@@ -118,9 +117,7 @@ def export_model(
     )
     card = render_model_card(context)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         model, processor = load_trained(source, merge=not keep_adapter, dtype=parse_dtype(dtype))
         base = model.get_base_model() if keep_adapter else model
         if max_new_tokens is not None and getattr(base.generation_config, "max_new_tokens", None) is None:
@@ -144,10 +141,6 @@ def export_model(
         card.save(tmp / "README.md")
         _check_export(tmp, keep_adapter)
         del model, base
-        replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
     logger.info("Exported %s to %s (%s, %.1f MB).", source, output_dir,
                 "LoRA adapter" if keep_adapter else "merged model", size / 1e6)

@@ -46,9 +46,7 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -60,7 +58,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
-from ..fileio import replace_dir
+from ..fileio import atomic_dir
 
 __all__ = [
     "FINDING_NAMES",
@@ -930,9 +928,7 @@ def generate_synthetic_dataset(
         num_workers = 1 if total < 200 else (os.cpu_count() or 1)
     num_workers = max(1, int(num_workers))
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         image_root = tmp / "images"
         image_root.mkdir()
         chunk = 64
@@ -958,10 +954,6 @@ def generate_synthetic_dataset(
             json.dump(annotation, fh, indent=1)
             fh.write("\n")
         elapsed = time.perf_counter() - start_time
-        replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     normal = sum(e["chexpert"]["No Finding"] == POSITIVE for split in annotation.values() for e in split)
     logger.info(
         "Wrote %d synthetic studies (%s) to %s in %.1f s with %d worker(s); %.0f%% without pathology.",

@@ -26,7 +26,6 @@ folder that looks finished.
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import replace_dir, write_json_atomic
+from ..fileio import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +163,11 @@ class RRGDataCollator:
 def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
     from .loading import COMPLETE_MARKER
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
-                                               "base_models": dict(base_models)})
-    replace_dir(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
+                                                   "base_models": dict(base_models)})
     return folder.resolve()
 
 
@@ -182,25 +179,21 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
 
     out = Path(training_args.output_dir)
     final = out / "model"
-    tmp = out / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = summary["base_models"]["init"]
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    write_json_atomic(tmp / COMPLETE_MARKER, summary)
-    replace_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / COMPLETE_MARKER, summary)
     if isinstance(model, PeftModel) and args.merge_adapter:
         from .loading import load_trained
 
         merged, merged_processor = load_trained(final, merge=True)
-        mtmp = out / "merged.tmp"
-        shutil.rmtree(mtmp, ignore_errors=True)
-        merged.save_pretrained(mtmp)
-        merged_processor.save_pretrained(mtmp)
-        write_json_atomic(mtmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
-        replace_dir(mtmp, out / "merged")
+        with atomic_dir(out / "merged") as tmp:
+            merged.save_pretrained(tmp)
+            merged_processor.save_pretrained(tmp)
+            write_json_atomic(tmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
     return final
 
 
