@@ -200,7 +200,9 @@ def test_export_main_cli(tmp_path, tokenizer, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "export")
     card = (tmp_path / "export" / "README.md").read_text()
     assert "license: other" in card and "rrg-org/other-data" in card
-    assert export_main([str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")]) == 2
+    from training.cli import main as rrg
+
+    assert rrg(["export", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")]) == 2
 
 
 # -------------------------------------------------------------------------------------------------- push
@@ -266,13 +268,15 @@ def test_push_dry_run_lists_files_and_contacts_nothing(adapter_export, monkeypat
 def test_push_without_token_fails_before_any_work(adapter_export, monkeypatch, no_stored_token):
     import huggingface_hub
 
-    from training.release.push import push_main, push_to_hub
+    from training.release.push import push_to_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "HfApi", _ForbiddenApi)
     with pytest.raises(ValueError, match="No Hugging Face token"):
         push_to_hub(adapter_export["export"], "rrg-org/rrg-tiny")
-    assert push_main([str(adapter_export["export"]), "--repo-id", "rrg-org/rrg-tiny"]) == 2
+    from training.cli import main as rrg
+
+    assert rrg(["push", str(adapter_export["export"]), "--repo-id", "rrg-org/rrg-tiny"]) == 2
 
 
 def test_push_offline_fails_before_any_work(adapter_export, monkeypatch):

@@ -19,6 +19,8 @@ import sys
 __all__ = ["COMMANDS", "LOG_FORMAT", "setup_logging", "main"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Errors raised for bad input (see STYLE.md: ValueError / TypeError with a message that says what to change).
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -57,7 +59,12 @@ def main(argv=None) -> int:
     module_name, function, _ = COMMANDS[command]
     setup_logging()
     module = importlib.import_module(module_name)
-    result = getattr(module, function)(rest)
+    try:
+        result = getattr(module, function)(rest)
+    except USER_ERRORS as err:
+        # Bad input (a missing folder, a wrong option value): the message says what to change; no traceback.
+        logging.getLogger("rrg").error("%s", err)
+        return 2
     return result if isinstance(result, int) else 0
 
 

@@ -14,13 +14,19 @@ from ..fileio import write_bytes_atomic
 __all__ = ['plot_embedding_analysis', 'plot_attention_shares', 'plot_attribution', 'plot_comparison']
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: str | os.PathLike, title: str = "") -> Path:
+    """Lay out `fig` (with a title), write it as PNG atomically and close it; returns the path."""
     import matplotlib.pyplot as plt
 
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
+    return path
 
 
 def pyplot():
@@ -50,12 +56,7 @@ def plot_embedding_analysis(result: dict, path: str | os.PathLike, top_n: int = 
     axes[2].barh([w["word"] for w in top][::-1], [w["top1_fraction"] for w in top][::-1], color="tab:purple")
     axes[2].set_xlabel("fraction of visual tokens (top-1)")
     axes[2].set_title(f"Most frequent nearest words (top {len(top)})")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    save_figure(fig, path)
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_attention_shares(result: dict, path: str | os.PathLike, title: str = "") -> Path:
@@ -83,12 +84,7 @@ def plot_attention_shares(result: dict, path: str | os.PathLike, title: str = ""
     axes[1].set_ylabel("layer")
     axes[1].set_title("Visual share per head")
     fig.colorbar(image, ax=axes[1])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    save_figure(fig, path)
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int = 8, display_size: int = 256) -> Path:
@@ -120,10 +116,7 @@ def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int =
             else:
                 ax.set_title("(no report generated)", fontsize=8)
     fig.suptitle(f"Study {result['id']}: attention of each sentence to the visual tokens (layers: {result['layers']})")
-    fig.tight_layout()
-    path = Path(path)
-    save_figure(fig, path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_comparison(results: dict[str, dict], path: str | os.PathLike) -> Path:
@@ -153,7 +146,4 @@ def plot_comparison(results: dict[str, dict], path: str | os.PathLike) -> Path:
     axes[2].set_ylabel("visual attention share")
     axes[2].set_title("Attention to visual tokens")
     axes[2].legend()
-    fig.tight_layout()
-    path = Path(path)
-    save_figure(fig, path)
-    return path
+    return save_figure(fig, path)

@@ -52,7 +52,6 @@ def _remote_code_dir() -> Path:
     return Path(modeling_rrg.__file__).resolve().parent
 
 
-
 def export_model(
     model_dir: str | Path,
     output_dir: str | Path,
@@ -147,7 +146,6 @@ def export_model(
     return output_dir
 
 
-
 def _check_export(folder: Path, adapter: bool):
     """Refuse to finish an export that lacks what the Hub needs (or that would ship pickles)."""
     names = {p.name for p in folder.iterdir()}
@@ -163,7 +161,6 @@ def _check_export(folder: Path, adapter: bool):
     missing = sorted(required - names)
     if missing:
         raise ValueError(f"The export in {folder} is missing {missing}.")
-
 
 
 def export_main(argv=None) -> int:
@@ -188,15 +185,11 @@ def export_main(argv=None) -> int:
                         help="Default report length for generation_config.json when the model has none.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
     args = parser.parse_args(argv)
-    try:
-        out = export_model(
-            args.model, args.output_dir, merge_lora=not args.keep_adapter, base_model_id=args.base_model_id,
-            metrics=args.metrics, repo_id=args.repo_id, license=args.license, datasets=args.datasets,
-            max_shard_size=args.max_shard_size, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    out = export_model(
+        args.model, args.output_dir, merge_lora=not args.keep_adapter, base_model_id=args.base_model_id,
+        metrics=args.metrics, repo_id=args.repo_id, license=args.license, datasets=args.datasets,
+        max_shard_size=args.max_shard_size, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+        overwrite=args.overwrite,
+    )
     sys.stdout.write(f"{out}\n")
     return 0

@@ -22,10 +22,8 @@ def list_upload_files(folder: str | Path) -> list[tuple[str, int]]:
     return files
 
 
-
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
 
 
 def check_hub_access(token: str | None = None, endpoint: str | None = None) -> str:
@@ -56,7 +54,6 @@ def check_hub_access(token: str | None = None, endpoint: str | None = None) -> s
             "network and that the token is valid and has write access."
         ) from err
     return token
-
 
 
 def push_to_hub(
@@ -131,7 +128,6 @@ def push_to_hub(
     return info
 
 
-
 def push_main(argv=None) -> int:
     """`rrg push`: upload an exported folder to the Hub (or list what would be uploaded). Returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -145,14 +141,10 @@ def push_main(argv=None) -> int:
     parser.add_argument("--commit-message", help="Commit message.")
     parser.add_argument("--dry-run", action="store_true", help="List what would be uploaded; contact nothing.")
     args = parser.parse_args(argv)
-    try:
-        result = push_to_hub(
-            args.folder, args.repo_id, private=args.private, revision=args.revision,
-            commit_message=args.commit_message, dry_run=args.dry_run,
-        )
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    result = push_to_hub(
+        args.folder, args.repo_id, private=args.private, revision=args.revision,
+        commit_message=args.commit_message, dry_run=args.dry_run,
+    )
     if args.dry_run:
         total = sum(size for _, size in result["files"])
         lines = [f"Would upload to {result['repo_id']}@{result['revision']} "
