@@ -4,7 +4,7 @@
 
 Measures, on the demo-size architecture (ViT 64 px / 16 px patches, 3 layers, hidden 96; LLaMA 3 layers, hidden 96):
 synthetic data generation, stage-2 training steps with images vs with the frozen-encoder feature cache, generation
-with and without the KV cache and batched vs one by one, and peak memory.
+with and without the KV cache and batched vs one by one, `rrg serve` latency (benchmarks/serve.py), and peak memory.
 """
 
 import argparse
@@ -28,6 +28,7 @@ TARGETS = {
     "feature_cache_train_speedup": 1.0,  # the demo encoder is tiny; the cache must at least not cost time
     "kv_cache_generation_speedup": 1.5,
     "batched_generation_speedup": 2.0,
+    "serve_stream_vs_pipeline_speed": 0.8,  # streaming to the page may cost at most a quarter of pipeline()'s time
     "peak_rss_mb": 3000.0,
 }
 
@@ -143,6 +144,9 @@ def main(argv=None) -> int:
         model, processor = demo_model()
         results.update(bench_training(tmp, model, processor))
         results.update(bench_generation(tmp, model, processor))
+        from serve import bench_serve  # benchmarks/serve.py
+
+        results.update(bench_serve(tmp, model, processor))
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     text = render(results, "make benchmark")
     Path(args.output).write_text(text)

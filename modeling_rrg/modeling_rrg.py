@@ -23,7 +23,7 @@ from torch import nn
 
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
 
 from .configuration_rrg import RRGConfig
@@ -41,48 +41,45 @@ __all__ = [
 ]
 
 
+# transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (output fields and forward
+# arguments). Our outputs subclass transformers' own classes, so they carry whichever field the installed release
+# has; `_CACHE` is that name, used when building outputs and when calling the language model.
+_CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
-class RRGModelOutputWithPast(ModelOutput):
+class RRGModelOutputWithPast(BaseModelOutputWithPast):
     """
-    Output of [`RRGModel`].
+    Output of [`RRGModel`]: transformers' [`~modeling_outputs.BaseModelOutputWithPast`] (`last_hidden_state`, the
+    key/value cache, `hidden_states`, `attentions`) plus the soft visual prompts.
 
     Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-            Hidden states of the language model's last layer.
-        past_key_values (`Cache`, *optional*): The key/value cache, when `use_cache=True`.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*): Per-layer hidden states of the language model.
-        attentions (`tuple(torch.FloatTensor)`, *optional*): Per-layer attention weights of the language model.
         image_hidden_states (`torch.FloatTensor`, *optional*):
             Soft visual prompts of shape `(num_images, tokens_per_view, hidden_size)`, the projector's output.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
 @dataclass
-class RRGCausalLMOutputWithPast(ModelOutput):
+class RRGCausalLMOutputWithPast(CausalLMOutputWithPast):
     """
-    Output of [`RRGForConditionalGeneration`].
+    Output of [`RRGForConditionalGeneration`]: transformers' [`~modeling_outputs.CausalLMOutputWithPast`] (`loss`,
+    `logits`, the key/value cache, `hidden_states`, `attentions`) plus the soft visual prompts.
 
     Args:
-        loss (`torch.FloatTensor`, *optional*): Next-token cross-entropy over positions whose label is not -100.
-        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): LM head scores.
-        past_key_values (`Cache`, *optional*): The key/value cache, when `use_cache=True`.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*): Per-layer hidden states of the language model.
-        attentions (`tuple(torch.FloatTensor)`, *optional*): Per-layer attention weights of the language model.
         image_hidden_states (`torch.FloatTensor`, *optional*): The soft visual prompts (see [`RRGModelOutputWithPast`]).
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
     image_hidden_states: torch.FloatTensor | None = None
+
+
+def _pop_cache(cache, kwargs: dict):
+    """The key/value cache, passed as `cache` (transformers >= 5.24) or `past_key_values` (older releases)."""
+    legacy = kwargs.pop("past_key_values", None)
+    if cache is not None and legacy is not None:
+        raise ValueError("Pass the key/value cache once, as `cache` (or `past_key_values` on transformers < 5.24).")
+    return cache if cache is not None else legacy
 
 
 class RRGMultiModalProjector(nn.Module):
@@ -114,7 +111,7 @@ class RRGPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [_CACHE]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -306,7 +303,7 @@ class RRGModel(RRGPreTrainedModel):
         image_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -321,9 +318,11 @@ class RRGModel(RRGPreTrainedModel):
             num_views (`torch.LongTensor` of shape `(batch,)`, *optional*): Real views per sample.
             image_features (`torch.FloatTensor` of shape `(batch, views, tokens, vision_hidden)`, *optional*):
                 Cached encoder features ([`~RRGModel.get_vision_features`]) used instead of `pixel_values`.
-            attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, output_attentions,
-            output_hidden_states: as for the underlying language model.
+            attention_mask, position_ids, cache, inputs_embeds, use_cache, output_attentions,
+            output_hidden_states: as for the underlying language model. The cache may also be passed as
+            `past_key_values`, its name before transformers 5.24.
         """
+        cache = _pop_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if pixel_values is not None and image_features is not None:
@@ -349,7 +348,7 @@ class RRGModel(RRGPreTrainedModel):
                 mask.unsqueeze(-1).to(inputs_embeds.device),
                 image_embeds.to(inputs_embeds.device, inputs_embeds.dtype),
             )
-        elif input_ids is not None and _is_prefill(past_key_values) and (input_ids == self.config.image_token_id).any():
+        elif input_ids is not None and _is_prefill(cache) and (input_ids == self.config.image_token_id).any():
             raise ValueError(
                 "input_ids contain image tokens but no `pixel_values` (or `image_features`) were given; pass the "
                 "study images, or remove the image placeholders from the text."
@@ -359,19 +358,19 @@ class RRGModel(RRGPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **{_CACHE: cache},
             **kwargs,
         )
         output = RRGModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=getattr(outputs, "past_key_values", None),
-            hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
             image_hidden_states=image_embeds,
+            **{_CACHE: outputs.get(_CACHE)},
         )
         return output if return_dict else output.to_tuple()
 
@@ -399,10 +398,10 @@ def _vision_half(dual_encoder: PreTrainedModel) -> PreTrainedModel:
     )
 
 
-def _is_prefill(past_key_values) -> bool:
-    if past_key_values is None:
+def _is_prefill(cache) -> bool:
+    if cache is None:
         return True
-    get_len = getattr(past_key_values, "get_seq_length", None)
+    get_len = getattr(cache, "get_seq_length", None)
     return get_len is not None and int(get_len()) == 0
 
 
@@ -482,7 +481,7 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         image_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -502,6 +501,7 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        cache = _pop_cache(cache, kwargs)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -509,7 +509,7 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
             image_features=image_features,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -536,26 +536,28 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         output = RRGCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            **{_CACHE: outputs.get(_CACHE)},
         )
         return output if return_dict else output.to_tuple()
 
     def prepare_inputs_for_generation(
         self,
         input_ids,
-        past_key_values=None,
         pixel_values=None,
         num_views=None,
         image_features=None,
+        is_first_iteration=False,
         **kwargs,
     ):
-        # Images enter only on the prefill step: afterwards the KV cache already holds the visual prompts, so the
-        # vision encoder runs once per generate() call. Without a cache (use_cache=False) every step needs them.
-        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
-        if _is_prefill(past_key_values) or not kwargs.get("use_cache", True):
+        # Images enter only on the first iteration of a generate() call (GenerationMixin says which, as it does for
+        # LLaVA): afterwards the cache already holds the visual prompts, so the vision encoder runs once per call.
+        # Without a cache (use_cache=False) every step needs them. The cache itself travels in `kwargs` under the
+        # name the installed GenerationMixin uses (`cache` from 5.24, `past_key_values` before).
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["image_features"] = image_features
             model_inputs["num_views"] = num_views

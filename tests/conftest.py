@@ -8,6 +8,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["deprecation_guard"]
+
 
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch):

@@ -61,7 +61,7 @@ def train_recipe(workspace, out, **overrides):
         "stage": 1, "dataset_path": str(workspace / "data"), "vision_model": str(workspace / "vision"),
         "text_model": str(workspace / "text"), "num_visual_tokens": 4, "output_dir": str(out), "max_steps": 4,
         "per_device_train_batch_size": 4, "learning_rate": 0.01, "logging_steps": 2, "save_steps": 2,
-        "bf16": False, "gradient_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
+        "bf16": False, "activation_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
         "eval_strategy": "no", "seed": 0, "data_seed": 0, "disable_tqdm": True, "save_only_model": False,
     }
     base.update(overrides)
@@ -200,3 +200,31 @@ def hub_cache(tmp_path: Path, folder: Path, repo_id: str = REPO_ID) -> Path:
 
 def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0):
+    """A 12-bit DX DICOM file with the given pixels, photometric interpretation, window and rescale."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

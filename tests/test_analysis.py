@@ -20,6 +20,7 @@ from training.analysis.attention import (
 )
 from training.analysis.attribution import token_attribution, visual_token_grid
 from training.analysis.embeddings import embedding_analysis, nearest_words, special_token_ids
+from training.analysis.plots import plot_attribution
 from training.analysis.report import main as analyze_main
 from training.analysis.report import run_analysis
 from training.sandbox.tiny import build_tiny_model
@@ -183,6 +184,33 @@ def test_split_sentences(tokenizer):
     spans = _sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
     assert [text for _, _, text in spans] == ["The heart size is normal.", "The lungs are clear."]
     assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and spans[1][1] == len(ids)
+
+
+def test_sentence_spans_keep_list_numbers_and_decimals(tokenizer):
+    text = " 1. No effusion. 2. Nodule of 1.5 cm. Findings: 3. Clear lungs."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    spans = _sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
+    expected = ["1. No effusion.", "2. Nodule of 1.5 cm.", "Findings: 3. Clear lungs."]
+    assert [text for _, _, text in spans] == expected
+    assert split_sentences(text) == expected
+
+
+def test_token_attribution_of_a_given_report_and_one_view_plot(tokenizer, tmp_path):
+    model, processor = build_tiny_model(tokenizer=tokenizer)
+    model.eval()
+    generated = token_attribution(model, processor, ("s", [xray(3), xray(4)]), max_new_tokens=8)
+    # The same tokens given as a record (what `rrg serve` does with the report it showed) give the same maps.
+    record = generate_records(model, processor, [("s", [xray(3), xray(4)])], max_new_tokens=8)[0]
+    given = token_attribution(model, processor, None, record=record)
+    assert [s["text"] for s in given["sentences"]] == [s["text"] for s in generated["sentences"]]
+    for a, b in zip(given["sentences"], generated["sentences"]):
+        assert all(np.allclose(x, y) for x, y in zip(a["maps"], b["maps"]))
+    one = plot_attribution(given, tmp_path / "view1.png", views=[1])
+    both = plot_attribution(given, tmp_path / "both.png")
+    with Image.open(one) as a, Image.open(both) as b:
+        assert a.size[0] < b.size[0]  # one column instead of two
+    with pytest.raises(ValueError, match="out of range"):
+        plot_attribution(given, tmp_path / "bad.png", views=[2])
 
 
 def test_token_attribution_pooled(tokenizer):

@@ -110,7 +110,7 @@ def test_shipped_recipes_parse(name):
     if args.stage == 2:
         assert model_args.use_peft
     if name.startswith("paper"):
-        assert model_args.dtype == "bfloat16" and training_args.gradient_checkpointing
+        assert model_args.dtype == "bfloat16" and training_args.activation_checkpointing
         if args.stage == 1:
             assert args.text_model == "openlm-research/open_llama_7b"
         else:

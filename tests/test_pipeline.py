@@ -86,8 +86,7 @@ def test_indication_count_must_match_the_batch(reporter):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from test_export import make_full_run
-
+    from helpers import make_full_run
     from training.release.export import export_model
     from training.sandbox.tiny import train_bpe_tokenizer
 

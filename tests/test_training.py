@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from helpers import train_recipe as recipe
@@ -233,8 +234,40 @@ def test_gradient_checkpointing_gives_the_same_training(workspace, stage1, tmp_p
     common = dict(max_steps=2, save_steps=100, lora_dropout=0.0, use_peft=stage == 2, stage=stage)
     if stage == 2:
         common["model_name_or_path"] = str(stage1)
-    plain = run(recipe(workspace, tmp_path / "plain", gradient_checkpointing=False, **common))
-    checkpointed = run(recipe(workspace, tmp_path / "ckpt", gradient_checkpointing=True, **common))
+    plain = run(recipe(workspace, tmp_path / "plain", activation_checkpointing=False, **common))
+    checkpointed = run(recipe(workspace, tmp_path / "ckpt", activation_checkpointing=True, **common))
     a, b = (json.loads((p / "rrg_training.json").read_text()) for p in (plain, checkpointed))
     assert (a["gradient_checkpointing"], b["gradient_checkpointing"]) == (False, True)
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_checkpointing_field_is_read_under_the_installed_name(workspace, tmp_path):
+    """Recipes may say gradient_checkpointing (before transformers 5.24) or activation_checkpointing (5.24+): both
+    parse on every release without a deprecation warning, and mean the same."""
+    import dataclasses
+    import warnings
+
+    from training.sft.train import _checkpointing_field_names
+
+    old = recipe(workspace, tmp_path / "old", **{"gradient_checkpointing": True, "activation_checkpointing": None})
+    new = recipe(workspace, tmp_path / "new", **{"activation_checkpointing": True})
+    for path in (old, new):
+        text = yaml.safe_load(path.read_text())
+        text = {k: v for k, v in text.items() if v is not None}
+        path.write_text(yaml.safe_dump(text))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            _, training_args, _ = parse_args(["--config", str(path)])
+        assert training_args.activation_checkpointing is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, training_args, _ = parse_args(["--config", str(new), "--gradient_checkpointing", "false"])
+    assert training_args.activation_checkpointing is False
+
+    @dataclasses.dataclass
+    class OldTrainingArguments:  # a release before 5.24: only the old names exist
+        gradient_checkpointing: bool = False
+
+    translated = _checkpointing_field_names(["--config", str(new), "--activation_checkpointing=true"], OldTrainingArguments)
+    assert translated[2] == "--gradient_checkpointing=true"
+    assert yaml.safe_load(Path(translated[1]).read_text())["gradient_checkpointing"] is True

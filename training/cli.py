@@ -8,6 +8,7 @@ rrg evaluate  --model DIR --data DATA --output-dir DIR      generate + BLEU/METE
 rrg analyze   --model DIR --data DATA --output-dir DIR      soft-prompt and attention analyses
 rrg export    MODEL_DIR --output-dir DIR [--metrics EVAL]   Hub-ready folder (merged, remote code, model card)
 rrg push      FOLDER --repo-id ORG/NAME [--private] [--dry-run]   upload to the Hugging Face Hub
+rrg serve     MODEL [--port 7860] [--write-space DIR]       browser demo (Gradio) of an export or a Hub id
 ```
 Each sub-command has its own `--help`.
 """
@@ -37,6 +38,7 @@ COMMANDS = {
     "analyze": ("training.analysis.report", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
     "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),
     "push": ("training.release.push", "push_main", "Upload an exported folder to the Hugging Face Hub."),
+    "serve": ("training.serve", "main", "Browser demo (Gradio) of an exported folder or a Hub id."),
 }
 
 

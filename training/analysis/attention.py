@@ -18,6 +18,9 @@ __all__ = ['ATTENTION_CATEGORIES', 'eager_attention', 'generate_records', 'atten
 # Where each key position of the teacher-forced sequence belongs; the shares over these sum to one.
 ATTENTION_CATEGORIES = ("visual", "instruction", "report", "padding")
 _SENTENCE_END = re.compile(r"[.!?;]\s*$")
+# A list number ("1." opening a sentence or following "Findings:") does not end a sentence.
+_LIST_NUMBER = re.compile(r"(?:^|:)\s*\d{1,2}\.\s*$")
+_DECIMAL = re.compile(r"\d\.\d+\s*$")
 
 
 @contextmanager
@@ -123,7 +126,11 @@ def _sentence_spans(tokenizer, report_ids: Sequence[int], eos: set[int]) -> list
     spans, start = [], 0
     for index in range(len(ids)):
         piece = tokenizer.decode(ids[start : index + 1])
-        if _SENTENCE_END.search(piece) or index == len(ids) - 1:
+        end = bool(_SENTENCE_END.search(piece)) and not _LIST_NUMBER.search(piece)
+        if end and piece.rstrip().endswith(".") and index + 1 < len(ids):
+            # "1.5": the next token continues a decimal number.
+            end = not _DECIMAL.search(tokenizer.decode(ids[start : index + 2]))
+        if end or index == len(ids) - 1:
             text = " ".join(piece.split())
             if text.strip(" .;!?"):
                 spans.append((start, index + 1, text))
@@ -132,7 +139,7 @@ def _sentence_spans(tokenizer, report_ids: Sequence[int], eos: set[int]) -> list
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split a report into sentences/findings at `.`, `!`, `?` and `;` (decimal points are kept)."""
+    """Split a report into sentences/findings at `.`, `!`, `?` and `;` (decimal points and list numbers are kept)."""
     parts = re.split(r"(?<=[.!?;])(?<!\d\.)\s+", " ".join(text.split()))
     return [p for p in parts if p.strip(" .;!?")]
 

@@ -71,6 +71,7 @@ def token_attribution(
     study,
     max_new_tokens: int = 64,
     layers: Sequence[int] | None = None,
+    record: dict | None = None,
 ) -> dict:
     """
     Which visual tokens each generated sentence attends to, for one study.
@@ -85,6 +86,9 @@ def token_attribution(
         study: `(id, images)` or a dict with `id` and `images`.
         max_new_tokens (`int`, *optional*, defaults to 64): Report length limit.
         layers (`Sequence[int]`, *optional*): LLM layers averaged (default: all; negative indices allowed).
+        record (`dict`, *optional*): A report already written for the study (`id`, `views`, `prompt_ids`,
+            `report_ids`, `report`, as [`~training.analysis.attention.generate_records`] returns), e.g. the one a
+            user was shown with another decoding or an indication; `study` and `max_new_tokens` are then ignored.
 
     Returns:
         `dict` with `id`, `report`, `views` (images), and `sentences`: per sentence its `text`, `visual_share`
@@ -99,7 +103,8 @@ def token_attribution(
         if bad:
             raise ValueError(f"Layer indices {bad} are out of range for a {num_layers}-layer LLM.")
         layers = sorted({i % num_layers for i in layers})
-    record = generate_records(model, processor, [study], max_new_tokens=max_new_tokens, batch_size=1)[0]
+    if record is None:
+        record = generate_records(model, processor, [study], max_new_tokens=max_new_tokens, batch_size=1)[0]
     pixel_values, num_views = processor.encode_images([record["views"]])
     with eager_attention(model):
         result = teacher_forced_attention(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ def save_figure(fig, path: str | os.PathLike, title: str = "") -> Path:
 
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures made with a layout engine (constrained) lay themselves out
+        fig.tight_layout()
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -87,19 +89,27 @@ def plot_attention_shares(result: dict, path: str | os.PathLike, title: str = ""
     return save_figure(fig, path, title)
 
 
-def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int = 8, display_size: int = 256) -> Path:
-    """Heat maps of each sentence's attention to the visual tokens, over each view (rows: sentences, columns: views)."""
+def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int = 8, display_size: int = 256,
+                     views: Sequence[int] | None = None) -> Path:
+    """Heat maps of each sentence's attention to the visual tokens, over each view (rows: sentences, columns: views);
+    `views` picks which views (indices) to draw, default all."""
     from PIL import Image
 
     from modeling_rrg.processing_rrg import to_pil_image
 
     plt = pyplot()
     sentences = result["sentences"][:max_sentences]
-    views = [to_pil_image(v).convert("L").resize((display_size, display_size), Image.BILINEAR) for v in result["views"]]
-    rows, cols = max(1, len(sentences)), len(views)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
+    chosen = list(range(len(result["views"]))) if views is None else list(views)
+    bad = [i for i in chosen if not 0 <= i < len(result["views"])]
+    if bad or not chosen:
+        raise ValueError(f"View indices {chosen} out of range for a study with {len(result['views'])} view(s).")
+    images = [to_pil_image(result["views"][i]).convert("L").resize((display_size, display_size), Image.BILINEAR)
+              for i in chosen]
+    rows, cols = max(1, len(sentences)), len(images)
+    # Constrained layout reserves room for the figure title, so it is never drawn over the first row's captions.
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False, layout="constrained")
     for row in range(rows):
-        for col, view in enumerate(views):
+        for col, (view_index, view) in enumerate(zip(chosen, images)):
             ax = axes[row][col]
             ax.imshow(np.asarray(view), cmap="gray", extent=(0, display_size, display_size, 0))
             ax.set_xticks([])
@@ -107,15 +117,17 @@ def plot_attribution(result: dict, path: str | os.PathLike, max_sentences: int =
             if row < len(sentences):
                 sentence = sentences[row]
                 # The processor resizes the whole image (no crop), so the token grid spans the full view.
-                ax.imshow(sentence["maps"][col], cmap="jet", alpha=0.45, interpolation="bilinear",
+                ax.imshow(sentence["maps"][view_index], cmap="jet", alpha=0.45, interpolation="bilinear",
                           extent=(0, display_size, display_size, 0))
                 text = "".join(ch if ch.isprintable() else "?" for ch in sentence["text"])
                 text = textwrap.shorten(text, width=90, placeholder="...") or text[:87] + "..."
                 text = "\n".join(textwrap.wrap(text, width=45))
-                ax.set_title(f"{text}\n(visual share {sentence['visual_share']:.2f}, view {col})", fontsize=8)
+                ax.set_title(f"{text}\n(visual share {sentence['visual_share']:.2f}, view {view_index})", fontsize=8)
             else:
                 ax.set_title("(no report generated)", fontsize=8)
-    fig.suptitle(f"Study {result['id']}: attention of each sentence to the visual tokens (layers: {result['layers']})")
+    title = textwrap.fill(f"Study {result['id']}: attention of each sentence to the visual tokens "
+                          f"(layers: {result['layers']})", width=max(40, 48 * cols))
+    fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 

@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "load_annotation_json",
     "load_hf_dataset",
     "load_synthetic",
+    "describe_dataset",
     "load_splits",
 ]
 
@@ -584,6 +586,37 @@ def load_hf_dataset(
     return _build(rows_by_split, source)
 
 
+# Folder names of the public chest X-ray data sets as their users lay them out (R2Gen's data/iu_xray, data/mimic_cxr).
+KNOWN_DATASETS = {r"mimic[-_ ]?cxr": "MIMIC-CXR", r"iu[-_ ]?x[-_ ]?ray|open[-_ ]?i\b": "IU X-Ray"}
+
+
+def describe_dataset(name: str) -> str:
+    """
+    A readable name for a data set the run or evaluation recorded: a Hub id as it is; for a local folder the
+    `pretty_name` of its `dataset_info.json` (the synthetic benchmark writes one) or of its dataset card, else the
+    public data set its path names (MIMIC-CXR, IU X-Ray), else the folder name.
+    """
+    path = Path(name)
+    if not path.exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        return name  # a Hub id
+    folder = path if path.is_dir() else path.parent
+    info = folder / "dataset_info.json"
+    if info.is_file():
+        try:
+            pretty = json.loads(info.read_text(encoding="utf-8")).get("pretty_name")
+        except (ValueError, AttributeError):
+            pretty = None
+        if pretty:
+            return str(pretty)
+    card = folder / "README.md"
+    if card.is_file():
+        match = re.search(r"^pretty_name:\s*(.+)$", card.read_text(encoding="utf-8", errors="replace"), flags=re.M)
+        if match:
+            return match.group(1).strip().strip("\"'")
+    for pattern, pretty in KNOWN_DATASETS.items():
+        if re.search(pattern, str(path.resolve()), flags=re.I):
+            return pretty
+    return folder.name if path.is_file() else path.name
 # --------------------------------------------------------------------------------------------
 # One entry point for train, evaluate and analyze
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.loaders import describe_dataset
 from ..fileio import write_json_atomic, write_text_atomic
 from .generation import DEFAULT_GENERATION, generate_batch
 
@@ -154,7 +155,8 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
                                          [r["reference"] for r in predictions], bertscore_model))
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
-        "data": str(data), "split": split, "num_samples": len(predictions),
+        "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
+        "num_samples": len(predictions),
         "generation": {**DEFAULT_GENERATION, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })

@@ -6,8 +6,10 @@ import logging
 import re
 from pathlib import Path
 
+from ..data.loaders import describe_dataset
 from ..evaluation.scoring import CE_METRIC_NAMES, NLG_METRIC_NAMES
 from ..sft.loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
+from .tested_versions import load_tested_versions, render_tested_versions
 
 logger = logging.getLogger(__name__)
 
@@ -18,13 +20,16 @@ __all__ = [
     "default_card_template",
     "collect_run_summaries",
     "read_metrics",
+    "hub_id_of",
     "build_card_context",
     "render_model_card",
 ]
 
+
 # The transformers range the remote code is tested against (oldest and newest, tests/test_remote_code_compat.py);
-# the card states it, and it equals the `transformers` requirement in pyproject.toml.
+# keep it equal to the `transformers` requirement in pyproject.toml (a test checks that).
 SUPPORTED_TRANSFORMERS = ">=5.0,<6"
+
 # The card template lives in the top-level `hub_cards/` folder, which the wheel ships as a data-only package
 # (pyproject.toml: packages + package-data), so it is found through importlib.resources in an editable install and in
 # a wheel install alike; nothing depends on where training/ sits on disk.
@@ -104,7 +109,6 @@ def collect_run_summaries(model_dir: str | Path, max_depth: int = 4) -> list[dic
     return summaries[::-1]
 
 
-
 def read_metrics(path: str | Path | None) -> dict | None:
     """`metrics.json` of an evaluation (a folder holding it, or the file); `None` when `path` is `None`."""
     if path is None:
@@ -123,16 +127,21 @@ def read_metrics(path: str | Path | None) -> dict | None:
     return metrics
 
 
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # drops NaN
-
 
 
 def _looks_like_hub_id(name: str) -> bool:
     """`org/name` (or `name`) and not a local path."""
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not Path(name).exists() and not name.startswith(".")
 
+
+def hub_id_of(name: str) -> str | None:
+    """The Hub id a backbone came from: the id itself, or the `org/name` of a Hugging Face cache snapshot folder."""
+    if _looks_like_hub_id(name):
+        return name
+    match = re.search(r"models--([\w.-]+?)--([\w.-]+)/snapshots/", str(Path(name).resolve()) + "/")
+    return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
 def _flat_recipe(summary: dict) -> dict:
@@ -149,14 +158,12 @@ def _flat_recipe(summary: dict) -> dict:
     return flat
 
 
-
 def _format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
-
 
 
 def _stage_context(summary: dict) -> dict:
@@ -184,7 +191,6 @@ def _stage_context(summary: dict) -> dict:
     }
 
 
-
 def _base_models(summaries: list[dict]) -> dict:
     found: dict = {}
     for summary in summaries:
@@ -192,7 +198,6 @@ def _base_models(summaries: list[dict]) -> dict:
             if key in ("vision", "text") and value:
                 found.setdefault(key, str(value))
     return found
-
 
 
 def build_card_context(
@@ -203,6 +208,7 @@ def build_card_context(
     datasets: list[str] | None = None,
     adapter: bool = False,
     base_model_id: str | None = None,
+    base_models_override: list[str] | None = None,
 ) -> dict:
     """
     Everything the model card template needs, read from the run (never typed by hand).
@@ -216,13 +222,24 @@ def build_card_context(
             left out of the front matter).
         adapter (`bool`, *optional*): The export keeps a LoRA adapter instead of merging it.
         base_model_id (`str`, *optional*): With `adapter`, the Hub id of the stage-1 model the adapter loads onto.
+        base_models_override (`list[str]`, *optional*): Hub ids for `base_model` when the run's backbones were local
+            folders (defaults to the recorded backbones that are Hub ids or Hub cache snapshots).
     """
     summaries = collect_run_summaries(model_dir)
     final = summaries[-1]
     bases = _base_models(summaries)
-    base_model = [bases[k] for k in ("vision", "text") if k in bases and _looks_like_hub_id(bases[k])]
+    # The Hub links the model tree through `base_model`: the encoder and LLM the run started from (Hub ids, or the
+    # ids of the Hub cache snapshots they were loaded from), plus the stage-1 model an adapter loads onto.
+    base_model = [hub_id_of(bases[k]) for k in ("vision", "text") if k in bases and hub_id_of(bases[k])]
+    if base_models_override:
+        base_model = list(base_models_override)
     if adapter and base_model_id:
         base_model = [base_model_id]
+    if not base_model:
+        logger.warning(
+            "The run started from local backbones (%s) that name no Hub model; the card has no base_model. Pass "
+            "--base-model org/name for each.", ", ".join(bases.values()) or "none recorded",
+        )
     recorded = [str(d) for s in summaries for d in (s.get("datasets") or [])]
     if datasets is None:
         datasets = [d for d in dict.fromkeys(recorded) if _looks_like_hub_id(d)]
@@ -232,7 +249,7 @@ def build_card_context(
                 "The run trained on local data (%s); it is described in the card but not linked in its front matter. "
                 "Pass --dataset org/name for Hub datasets.", ", ".join(local),
             )
-    trained_on = list(dict.fromkeys([Path(d).name if not _looks_like_hub_id(d) else d for d in recorded]))
+    trained_on = list(dict.fromkeys(describe_dataset(d) for d in recorded))
 
     results, ce_rows, labeler, split, eval_dataset = [], [], None, None, None
     if metrics:
@@ -242,9 +259,9 @@ def build_card_context(
         ce_rows = [(label, float(flat_ce[key])) for key, label in CE_METRIC_NAMES if _is_number(flat_ce.get(key))]
         labeler = ce.get("labeler") or metrics.get("labeler")
         split = metrics.get("split")
-        eval_dataset = metrics.get("data")
-        if eval_dataset is not None:
-            eval_dataset = str(eval_dataset) if _looks_like_hub_id(str(eval_dataset)) else Path(str(eval_dataset)).name
+        eval_dataset = metrics.get("dataset_name") or metrics.get("data")
+        if eval_dataset is not None and not metrics.get("dataset_name"):
+            eval_dataset = describe_dataset(str(eval_dataset))
     model_name = repo_id.split("/")[-1] if repo_id else Path(model_dir).resolve().name
     max_views = _max_views(model_dir)
     return {
@@ -267,11 +284,11 @@ def build_card_context(
         "num_eval_samples": (metrics or {}).get("num_samples"),
         "generation": (metrics or {}).get("generation"),
         "supported_transformers": SUPPORTED_TRANSFORMERS,
+        "tested_versions": render_tested_versions(load_tested_versions()),
         "pipeline_task": PIPELINE_TASK,
         "max_views": max_views,
         "example_views": ["frontal.png", "lateral.png"][: max(1, min(max_views, 2))],
     }
-
 
 
 def _max_views(model_dir) -> int:
@@ -293,7 +310,6 @@ def _max_views(model_dir) -> int:
     return 1
 
 
-
 def default_card_template() -> Path:
     """The path of `hub_cards/model_card.jinja` as installed (editable or wheel)."""
     from importlib.resources import files
@@ -306,7 +322,6 @@ def default_card_template() -> Path:
         ) from err
     # Packages install as plain folders (editable or wheel), so the resource is a real file path.
     return Path(str(resource))
-
 
 
 def render_model_card(context: dict, template_path: str | Path | None = None):

@@ -57,6 +57,7 @@ def export_model(
     output_dir: str | Path,
     merge_lora: bool = True,
     base_model_id: str | None = None,
+    base_models: list[str] | None = None,
     metrics: str | Path | dict | None = None,
     repo_id: str | None = None,
     license: str = DEFAULT_LICENSE,
@@ -76,6 +77,7 @@ def export_model(
             transformers model). `False` keeps the adapter (with the trained projector): the folder then needs peft
             and the stage-1 model on the Hub, named by `base_model_id`.
         base_model_id (`str`, *optional*): Hub id of the exported stage-1 model; required with `merge_lora=False`.
+        base_models (`list[str]`, *optional*): Hub ids for the card's `base_model` when the backbones were local folders.
         metrics (`str`, `Path` or `dict`, *optional*): An evaluation folder / `metrics.json` (or its content).
         repo_id (`str`, *optional*): The Hub id the card's quick start loads (`org/name`).
         license (`str`, *optional*): License id for the card.
@@ -112,7 +114,7 @@ def export_model(
     metrics_dict = metrics if isinstance(metrics, dict) or metrics is None else read_metrics(metrics)
     context = build_card_context(
         source, metrics=metrics_dict, repo_id=repo_id, license=license, datasets=datasets, adapter=keep_adapter,
-        base_model_id=base_model_id,
+        base_model_id=base_model_id, base_models_override=base_models,
     )
     card = render_model_card(context)
 
@@ -174,6 +176,9 @@ def export_main(argv=None) -> int:
     parser.add_argument("--keep-adapter", action="store_true",
                         help="Keep the LoRA adapter instead of merging it (needs --base-model-id and peft to load).")
     parser.add_argument("--base-model-id", help="With --keep-adapter: Hub id of the exported stage-1 model.")
+    parser.add_argument("--base-model", action="append", dest="base_models",
+                        help="Hub id of a backbone the run started from, for the card's base_model (repeatable; default: "
+                        "the recorded backbones that are Hub ids or Hub cache snapshots).")
     parser.add_argument("--metrics", help="Evaluation folder (or metrics.json) whose results go in the card.")
     parser.add_argument("--repo-id", help="Hub id (org/name) the card's quick start loads.")
     parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"License id for the card (default {DEFAULT_LICENSE}).")
@@ -188,7 +193,7 @@ def export_main(argv=None) -> int:
     out = export_model(
         args.model, args.output_dir, merge_lora=not args.keep_adapter, base_model_id=args.base_model_id,
         metrics=args.metrics, repo_id=args.repo_id, license=args.license, datasets=args.datasets,
-        max_shard_size=args.max_shard_size, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+        base_models=args.base_models, max_shard_size=args.max_shard_size, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
         overwrite=args.overwrite,
     )
     sys.stdout.write(f"{out}\n")

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -228,4 +229,8 @@ def main(argv=None) -> int:
     summary = run_demo(a.output_dir, DemoConfig.quick() if a.quick else DemoConfig(), export=not a.no_export)
     sys.stdout.write("\n" + summary_table(summary))
     sys.stdout.write(f"\nOutputs in {a.output_dir} (see README: 'The demo').\n")
+    if summary.get("export"):
+        # The venv's script when `rrg` is not on PATH (make demo runs .venv/bin/rrg).
+        rrg = "rrg" if shutil.which("rrg") else str(Path(sys.executable).with_name("rrg"))
+        sys.stdout.write(f"Serve the model it trained in a browser:\n    {rrg} serve {summary['export']}\n")
     return 0

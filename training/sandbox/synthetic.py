@@ -953,6 +953,10 @@ def generate_synthetic_dataset(
         with open(tmp / "annotation.json", "w", encoding="utf-8") as fh:
             json.dump(annotation, fh, indent=1)
             fh.write("\n")
+        # What the data set is, for model cards and metrics (a folder name such as `data` says nothing).
+        info = {"pretty_name": f"rrg synthetic chest X-ray benchmark (seed {seed}, {image_size} px)",
+                "splits": {name: len(rows) for name, rows in annotation.items()}}
+        (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         elapsed = time.perf_counter() - start_time
     normal = sum(e["chexpert"]["No Finding"] == POSITIVE for split in annotation.values() for e in split)
     logger.info(

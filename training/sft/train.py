@@ -317,12 +317,47 @@ def _versions() -> dict:
             "peft": peft.__version__}
 
 
+# transformers 5.24 renamed `gradient_checkpointing*` to `activation_checkpointing*` (the old names warn and go in v6);
+# releases before it know only the old names. Recipes use the new names; either is accepted and translated to what the
+# installed TrainingArguments has, so one recipe runs on every supported release without a deprecation warning.
+_CHECKPOINTING_NAMES = (("gradient_checkpointing", "activation_checkpointing"),
+                        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"))
+
+
+def _checkpointing_field_names(argv: list[str], config_class) -> list[str]:
+    import dataclasses
+    import tempfile
+
+    import yaml
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    wanted = {old: new for old, new in _CHECKPOINTING_NAMES} if "activation_checkpointing" in fields else \
+        {new: old for old, new in _CHECKPOINTING_NAMES}
+    out = []
+    for index, token in enumerate(argv):
+        flag, sep, value = token.partition("=")
+        if flag.startswith("--") and flag[2:] in wanted:
+            token = f"--{wanted[flag[2:]]}{sep}{value}"
+        elif index > 0 and argv[index - 1] == "--config" and Path(token).is_file():
+            recipe = yaml.safe_load(Path(token).read_text()) or {}
+            if isinstance(recipe, dict) and any(key in wanted for key in recipe):
+                renamed = {wanted.get(key, key): value for key, value in recipe.items()}
+                handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="rrg-recipe-", delete=False)
+                with handle:
+                    yaml.safe_dump(renamed, handle)
+                logger.info("Recipe %s: %s read as %s for this transformers release.", token,
+                            ", ".join(k for k in recipe if k in wanted), ", ".join(wanted[k] for k in recipe if k in wanted))
+                token = handle.name
+        out.append(token)
+    return out
+
+
 def parse_args(argv=None):
     """Parse `--config recipe.yaml` plus command-line overrides into (RRGScriptArguments, SFTConfig, ModelConfig)."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
     parser = TrlParser((RRGScriptArguments, SFTConfig, ModelConfig))
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _checkpointing_field_names(list(sys.argv[1:] if argv is None else argv), SFTConfig)
     try:
         args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:
