@@ -43,8 +43,8 @@ def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path):
                 raise KeyboardInterrupt
             return self.inner.generate(**kwargs)
 
-        def parameters(self):
-            return self.inner.parameters()
+        def __getattr__(self, name):  # config, generation_config, parameters: the wrapped model's
+            return getattr(self.inner, name)
 
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):

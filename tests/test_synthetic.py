@@ -34,7 +34,7 @@ def test_same_seed_is_byte_identical_whatever_the_workers(tmp_path):
     a = generate_synthetic_dataset(tmp_path / "a", num_train=6, num_val=2, num_test=2, image_size=SIZE, seed=7, num_workers=1)
     b = generate_synthetic_dataset(tmp_path / "b", num_train=6, num_val=2, num_test=2, image_size=SIZE, seed=7, num_workers=2)
     fa, fb = _files(a), _files(b)
-    assert len(fa) == 1 + 10  # annotation.json + one PNG per study
+    assert len(fa) == 2 + 10  # annotation.json, dataset_info.json + one PNG per study
     assert fa == fb
     c = generate_synthetic_dataset(tmp_path / "c", num_train=6, num_val=2, num_test=2, image_size=SIZE, seed=8)
     fc = _files(c)
