@@ -15,6 +15,7 @@ returning `last_hidden_state` and an `RRGForConditionalGeneration` adding the LM
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils import logging
 
 from .configuration_rrg import RRGConfig
@@ -56,9 +57,14 @@ class RRGModelOutputWithPast(BaseModelOutputWithPast):
     Args:
         image_hidden_states (`torch.FloatTensor`, *optional*):
             Soft visual prompts of shape `(num_images, tokens_per_view, hidden_size)`, the projector's output.
+        image_outputs ([`~modeling_outputs.BaseModelOutputWithPooling`], *optional*):
+            What [`RRGModel.get_image_features`] returned for the images of this call (the vision encoder's
+            `last_hidden_state`, `hidden_states` and `attentions`, the soft visual prompts as `pooler_output`), the
+            field transformers' vision-language models use for their encoder outputs.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
@@ -69,17 +75,31 @@ class RRGCausalLMOutputWithPast(CausalLMOutputWithPast):
 
     Args:
         image_hidden_states (`torch.FloatTensor`, *optional*): The soft visual prompts (see [`RRGModelOutputWithPast`]).
+        image_outputs ([`~modeling_outputs.BaseModelOutputWithPooling`], *optional*): See [`RRGModelOutputWithPast`].
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
-def _pop_cache(cache, kwargs: dict):
+def _pop_cache(cache, kwargs: dict, owner: str):
     """The key/value cache, passed as `cache` (transformers >= 5.24) or `past_key_values` (older releases)."""
     legacy = kwargs.pop("past_key_values", None)
     if cache is not None and legacy is not None:
         raise ValueError("Pass the key/value cache once, as `cache` (or `past_key_values` on transformers < 5.24).")
+    if legacy is not None and _CACHE == "cache":
+        # Same notice as transformers' own models give on releases that renamed the argument.
+        warnings.warn(
+            f"`past_key_values` is deprecated for `{owner}.forward` on this transformers release; use `cache` instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
     return cache if cache is not None else legacy
+
+
+def _set_only(**kwargs) -> dict:
+    """The keyword arguments that were given. An explicit `None` would hide the sub-model's own config default."""
+    return {key: value for key, value in kwargs.items() if value is not None}
 
 
 class RRGMultiModalProjector(nn.Module):
@@ -157,19 +177,11 @@ class RRGModel(RRGPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     # ------------------------------------------------------------------ images
-    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """
-        Encoder features of a stack of images, before the projector: what a frozen-encoder feature cache stores.
-
-        Args:
-            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`).
-
-        Returns:
-            `torch.FloatTensor` of shape `(num_images, config.image_seq_length, vision_hidden_size)`.
-        """
+    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.dim() != 4:
             raise ValueError(
-                f"get_vision_features expects pixel_values of shape (num_images, C, H, W), got {tuple(pixel_values.shape)}."
+                "The vision encoder expects pixel_values of shape (num_images, C, H, W), "
+                f"got {tuple(pixel_values.shape)}."
             )
         expected = self.config.vision_config.image_size
         expected = tuple(expected) if isinstance(expected, (list, tuple)) else (expected, expected)
@@ -184,8 +196,14 @@ class RRGModel(RRGPreTrainedModel):
                 f"Images have {pixel_values.shape[1]} channels but the vision encoder expects {num_channels}; "
                 "grayscale X-rays are converted to RGB by RRGProcessor."
             )
+
+    def _encode(self, pixel_values: torch.Tensor, **vision_kwargs) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """Run the vision encoder; return the selected (and pooled) features and the encoder's own outputs."""
+        self._check_pixels(pixel_values)
         dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values=pixel_values.to(dtype), output_hidden_states=True, return_dict=True)
+        outputs = self.vision_tower(
+            pixel_values=pixel_values.to(dtype), **{**vision_kwargs, "output_hidden_states": True, "return_dict": True}
+        )
         features = outputs.hidden_states[self.config.vision_feature_layer]
         num_patches = self.config.num_patches
         if self.config.vision_feature_select_strategy == "patch":
@@ -197,7 +215,19 @@ class RRGModel(RRGPreTrainedModel):
             features = features[:, features.shape[1] - num_patches :]
         if self.config.num_visual_tokens is not None and self.config.num_visual_tokens != features.shape[1]:
             features = self._pool(features, self.config.num_visual_tokens)
-        return features
+        return features, outputs
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Encoder features of a stack of images, before the projector: what a frozen-encoder feature cache stores.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_images, config.image_seq_length, vision_hidden_size)`.
+        """
+        return self._encode(pixel_values)[0]
 
     @staticmethod
     def _pool(features: torch.Tensor, target: int) -> torch.Tensor:
@@ -215,9 +245,15 @@ class RRGModel(RRGPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         num_views: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
         """
-        Soft visual prompts of every (valid) view in the batch, in sample-then-view order.
+        Encode the study images and project them to soft visual prompts, one entry per (valid) view in
+        sample-then-view order. Returns what transformers' vision-language models return here: a
+        [`~modeling_outputs.BaseModelOutputWithPooling`] whose `pooler_output` holds the prompts.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch, views, C, H, W)` or `(batch, C, H, W)`, *optional*):
@@ -226,12 +262,53 @@ class RRGModel(RRGPreTrainedModel):
                 Number of real views per sample (defaults to all views).
             image_features (`torch.FloatTensor` of shape `(batch, views, tokens, vision_hidden)`, *optional*):
                 Precomputed [`~RRGModel.get_vision_features`] outputs, used instead of `pixel_values`.
+            output_hidden_states / output_attentions (`bool`, *optional*):
+                Return the vision encoder's hidden states / attentions (default: the config's setting).
+            return_dict (`bool`, *optional*): Return a `ModelOutput` rather than a tuple (default: the config's).
+            kwargs: Passed on to the vision encoder.
 
         Returns:
-            `torch.FloatTensor` of shape `(num_valid_views, config.image_seq_length, text_hidden_size)`.
+            [`~modeling_outputs.BaseModelOutputWithPooling`]: `pooler_output` is a `torch.FloatTensor` of shape
+            `(num_valid_views, config.image_seq_length, text_hidden_size)`; `last_hidden_state`, `hidden_states`
+            and `attentions` are the vision encoder's (with `image_features`, `last_hidden_state` is those features
+            and there are no encoder states).
         """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         selected, _ = self._select_views(pixel_values, num_views, image_features)
-        return self._project_views(selected, from_pixels=pixel_values is not None)
+        output = self._image_outputs(
+            selected, pixel_values is not None, output_hidden_states, output_attentions, **kwargs
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _image_outputs(self, selected, from_pixels, output_hidden_states=None, output_attentions=None, **kwargs):
+        """`get_image_features` on already selected views; `kwargs` go to the vision encoder, as in LLaVA."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states or self.config.vision_config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions or self.config.vision_config.output_attentions
+        if from_pixels:
+            features, encoded = self._encode(selected, output_attentions=output_attentions, **kwargs)
+            last_hidden_state = encoded.last_hidden_state
+            # The encoder always runs with its hidden states (the feature layer is one of them); they are handed
+            # back only when asked for, as transformers' models do.
+            hidden_states = encoded.hidden_states if output_hidden_states else None
+            attentions = encoded.get("attentions") if output_attentions else None
+        else:
+            if selected.shape[-1] != self.config.vision_config.hidden_size:
+                raise ValueError(
+                    f"image_features have dimension {selected.shape[-1]}, but the vision encoder's hidden size is "
+                    f"{self.config.vision_config.hidden_size}; pass get_vision_features() outputs, not projected ones."
+                )
+            features = last_hidden_state = selected
+            hidden_states = attentions = None
+        projector_dtype = next(self.multi_modal_projector.parameters()).dtype
+        prompts = self.multi_modal_projector(features.to(projector_dtype))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=prompts,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
 
     def _select_views(self, pixel_values, num_views, image_features) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate the image inputs; return the real views (sample-then-view order) and the `(batch, views)` mask."""
@@ -268,23 +345,30 @@ class RRGModel(RRGPreTrainedModel):
         selected = source[valid]  # (num_valid_views, ...)
         return selected, valid
 
-    def _project_views(self, selected: torch.Tensor, from_pixels: bool) -> torch.Tensor:
-        if from_pixels:
-            selected = self.get_vision_features(selected)
-        elif selected.shape[-1] != self.config.vision_config.hidden_size:
-            raise ValueError(
-                f"image_features have dimension {selected.shape[-1]}, but the vision encoder's hidden size is "
-                f"{self.config.vision_config.hidden_size}; pass get_vision_features() outputs, not projected ones."
-            )
-        projector_dtype = next(self.multi_modal_projector.parameters()).dtype
-        return self.multi_modal_projector(selected.to(projector_dtype))
-
-    def get_placeholder_mask(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, num_images_per_sample) -> torch.Tensor:
-        """Boolean mask of the image-token positions; raises when tokens and features do not match."""
-        mask = input_ids == self.config.image_token_id
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.Tensor | None,
+        image_embeds: torch.Tensor,
+        num_images_per_sample: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Boolean `(batch, seq_len)` mask of the image-token positions, found in `input_ids` or, without them, as the
+        positions of `inputs_embeds` equal to the image token's embedding (as transformers' LLaVA does). Raises when
+        a sample's tokens and its views' features do not match.
+        """
+        if input_ids is not None:
+            mask = input_ids == self.config.image_token_id
+        else:
+            token = torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            mask = (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
         tokens_per_view = image_embeds.shape[1]
         per_sample = mask.sum(dim=1)
-        expected = num_images_per_sample * tokens_per_view
+        expected = num_images_per_sample.to(per_sample.device) * tokens_per_view
+        if per_sample.shape != expected.shape:
+            raise ValueError(
+                f"Got images for {expected.numel()} samples but the text has {per_sample.numel()} rows."
+            )
         if not torch.equal(per_sample, expected):
             bad = int(torch.nonzero(per_sample != expected)[0, 0])
             raise ValueError(
@@ -318,11 +402,14 @@ class RRGModel(RRGPreTrainedModel):
             num_views (`torch.LongTensor` of shape `(batch,)`, *optional*): Real views per sample.
             image_features (`torch.FloatTensor` of shape `(batch, views, tokens, vision_hidden)`, *optional*):
                 Cached encoder features ([`~RRGModel.get_vision_features`]) used instead of `pixel_values`.
-            attention_mask, position_ids, cache, inputs_embeds, use_cache, output_attentions,
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, hidden)`, *optional*):
+                Used instead of `input_ids`; with images, the image positions are those holding the image token's
+                embedding.
+            attention_mask, position_ids, cache, use_cache, output_attentions,
             output_hidden_states: as for the underlying language model. The cache may also be passed as
             `past_key_values`, its name before transformers 5.24.
         """
-        cache = _pop_cache(cache, kwargs)
+        cache = _pop_cache(cache, kwargs, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if pixel_values is not None and image_features is not None:
@@ -331,37 +418,30 @@ class RRGModel(RRGPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_embeds = None
-        has_images = pixel_values is not None or image_features is not None
-        if has_images:
-            if input_ids is None:
-                raise ValueError("Images need `input_ids` (with image tokens) to know where the visual prompts go.")
+        # Without images, image-token ids are embedded like any other token: that is what transformers' LLaVA does,
+        # and what its common tests (and text-only uses of the model, e.g. the LM alone on a prompt) expect. The
+        # one unambiguous misuse, images whose features do not fill the image tokens, stays an error below.
+        image_outputs = None
+        if pixel_values is not None or image_features is not None:
             selected, valid = self._select_views(pixel_values, num_views, image_features)
-            image_embeds = self._project_views(selected, from_pixels=pixel_values is not None)
-            per_sample = valid.sum(dim=1).to(input_ids.device)
-            if per_sample.numel() != input_ids.shape[0]:
-                raise ValueError(
-                    f"Got images for {per_sample.numel()} samples but input_ids has {input_ids.shape[0]} rows."
-                )
-            mask = self.get_placeholder_mask(input_ids, image_embeds, per_sample)
+            image_outputs = self._image_outputs(
+                selected, pixel_values is not None, output_hidden_states, output_attentions
+            )
+            image_embeds = image_outputs.pooler_output
+            mask = self.get_placeholder_mask(input_ids, image_embeds, valid.sum(dim=1), inputs_embeds=inputs_embeds)
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask.unsqueeze(-1).to(inputs_embeds.device),
                 image_embeds.to(inputs_embeds.device, inputs_embeds.dtype),
-            )
-        elif input_ids is not None and _is_prefill(cache) and (input_ids == self.config.image_token_id).any():
-            raise ValueError(
-                "input_ids contain image tokens but no `pixel_values` (or `image_features`) were given; pass the "
-                "study images, or remove the image placeholders from the text."
             )
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **_set_only(
+                use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            ),
             **{_CACHE: cache},
             **kwargs,
         )
@@ -369,7 +449,8 @@ class RRGModel(RRGPreTrainedModel):
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.get("hidden_states"),
             attentions=outputs.get("attentions"),
-            image_hidden_states=image_embeds,
+            image_hidden_states=None if image_outputs is None else image_outputs.pooler_output,
+            image_outputs=image_outputs,
             **{_CACHE: outputs.get(_CACHE)},
         )
         return output if return_dict else output.to_tuple()
@@ -398,13 +479,6 @@ def _vision_half(dual_encoder: PreTrainedModel) -> PreTrainedModel:
     )
 
 
-def _is_prefill(cache) -> bool:
-    if cache is None:
-        return True
-    get_len = getattr(cache, "get_seq_length", None)
-    return get_len is not None and int(get_len()) == 0
-
-
 class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
     r"""
     rrg with its language-modeling head: give it the study images and a prompt, it writes the report.
@@ -423,6 +497,9 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
 
     # Tying target -> source; the source name depends on the text model (set per instance in __init__).
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As LLaVA's: under tensor parallelism the head is split by columns and gathered, which matches the plan
+    # transformers' LLaMA-family models give the input embeddings the head is tied to (both sharded, or neither).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: RRGConfig):
         super().__init__(config)
@@ -469,9 +546,13 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         """See [`RRGModel.get_vision_features`]."""
         return self.model.get_vision_features(pixel_values)
 
-    def get_image_features(self, pixel_values=None, num_views=None, image_features=None) -> torch.Tensor:
+    def get_image_features(
+        self, pixel_values=None, num_views=None, image_features=None, **kwargs
+    ) -> BaseModelOutputWithPooling | tuple:
         """See [`RRGModel.get_image_features`]."""
-        return self.model.get_image_features(pixel_values, num_views, image_features)
+        return self.model.get_image_features(
+            pixel_values=pixel_values, num_views=num_views, image_features=image_features, **kwargs
+        )
 
     def forward(
         self,
@@ -501,7 +582,8 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        cache = _pop_cache(cache, kwargs)
+        cache = _pop_cache(cache, kwargs, type(self).__name__)
+        shift_labels = kwargs.pop("shift_labels", None)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -527,11 +609,14 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            # `shift_labels`: targets already shifted by the caller (sequence/context parallelism), which the loss
+            # must use instead of shifting `labels` itself.
             loss = self.loss_function(
                 logits=logits,
                 labels=labels,
                 vocab_size=self.config.text_config.vocab_size,
                 num_items_in_batch=num_items_in_batch,
+                **_set_only(shift_labels=shift_labels),
             )
         output = RRGCausalLMOutputWithPast(
             loss=loss,
@@ -539,6 +624,7 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             **{_CACHE: outputs.get(_CACHE)},
         )
         return output if return_dict else output.to_tuple()
@@ -549,14 +635,18 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
         pixel_values=None,
         num_views=None,
         image_features=None,
+        inputs_embeds=None,
         is_first_iteration=False,
         **kwargs,
     ):
         # Images enter only on the first iteration of a generate() call (GenerationMixin says which, as it does for
         # LLaVA): afterwards the cache already holds the visual prompts, so the vision encoder runs once per call.
         # Without a cache (use_cache=False) every step needs them. The cache itself travels in `kwargs` under the
-        # name the installed GenerationMixin uses (`cache` from 5.24, `past_key_values` before).
-        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        # name the installed GenerationMixin uses (`cache` from 5.24, `past_key_values` before). `inputs_embeds` is
+        # named here because GenerationMixin only accepts it for models whose signature says they forward it.
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["image_features"] = image_features

@@ -55,7 +55,14 @@ def _warn(message, category=None, stacklevel=1, source=None, *args, **kwargs):
     if category is None:
         category = type(message) if isinstance(message, Warning) else UserWarning
     if isinstance(category, type) and issubclass(category, CATEGORIES) and not _allowed(str(message)):
-        where = _ours(sys._getframe(1))
+        # Search from the frame the warning is attributed to (its `stacklevel`), as Python does to name the culprit:
+        # a deprecation notice that our own API gives its caller (`past_key_values` on rrg's forward) counts only
+        # when that caller is ours too.
+        try:
+            start = sys._getframe(max(int(stacklevel), 1))
+        except ValueError:
+            start = sys._getframe(1)
+        where = _ours(start)
         if where is not None:
             _found.append(f"{category.__name__}: {message} (our frame: {where})")
     return _real_warn(message, category, stacklevel + 1, source, *args, **kwargs)

@@ -73,12 +73,12 @@ def test_image_features_land_exactly_at_image_token_positions(tiny):
     embeds = out.hidden_states[0]  # the LLM's input embeddings after the visual prompts were scattered in
     mask = batch["input_ids"] == model.config.image_token_id
     # By construction: the visual prompts, in sample-then-view order, fill the image-token positions ...
-    visual = model.get_image_features(batch["pixel_values"], batch["num_views"])
+    visual = model.get_image_features(batch["pixel_values"], batch["num_views"]).pooler_output
     torch.testing.assert_close(embeds[mask], visual.reshape(-1, visual.shape[-1]))
     # ... view by view: sample 0's first block is its first view, the second block its second view.
     n = model.config.image_seq_length
     positions = mask[0].nonzero().squeeze(-1)
-    first_view = model.get_image_features(batch["pixel_values"][:1, :1])
+    first_view = model.get_image_features(batch["pixel_values"][:1, :1]).pooler_output
     torch.testing.assert_close(embeds[0, positions[:n]], first_view[0])
     # ... and every other position keeps its word embedding.
     words = model.get_input_embeddings()(batch["input_ids"])
@@ -95,11 +95,39 @@ def test_token_feature_count_mismatch_is_a_clear_error(tiny):
         model(**{**batch, "input_ids": ids})
 
 
-def test_image_tokens_without_images_is_an_error(tiny):
+def test_image_tokens_without_images_are_embedded_as_text(tiny):
+    # As transformers' LLaVA: without images, the image token is an ordinary vocabulary entry.
     model, processor = tiny
     batch = _batch(processor)
-    with pytest.raises(ValueError, match="no `pixel_values`"):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    text_only = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    as_embeds = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(text_only.logits, as_embeds.logits)
+    assert text_only.image_hidden_states is None and text_only.image_outputs is None
+
+
+def test_inputs_embeds_with_images_equal_input_ids(tiny):
+    # The image positions are found from the image token's embedding when there are no ids (as LLaVA does).
+    model, processor = tiny
+    batch = _batch(processor)
+    with_ids = model(**batch)
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with_embeds = model(**{k: v for k, v in batch.items() if k != "input_ids"}, inputs_embeds=embeds)
+    torch.testing.assert_close(with_ids.logits, with_embeds.logits)
+    torch.testing.assert_close(with_ids.loss, with_embeds.loss)
+
+
+def test_get_image_features_follows_transformers_return_type(tiny):
+    model, processor = tiny
+    batch = _batch(processor)
+    out = model.get_image_features(batch["pixel_values"], batch["num_views"], output_hidden_states=True)
+    valid_views = int(batch["num_views"].sum())
+    assert out.pooler_output.shape == (valid_views, model.config.image_seq_length, model.config.text_config.hidden_size)
+    assert out.last_hidden_state.shape[0] == valid_views
+    assert len(out.hidden_states) == model.config.vision_config.num_hidden_layers + 1
+    assert model.get_image_features(batch["pixel_values"], batch["num_views"]).hidden_states is None
+    as_tuple = model.get_image_features(batch["pixel_values"], batch["num_views"], return_dict=False)
+    torch.testing.assert_close(as_tuple[1], out.pooler_output)
 
 
 def test_more_views_than_configured_is_an_error(tiny):

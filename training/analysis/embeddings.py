@@ -36,7 +36,7 @@ def soft_visual_prompts(model, processor, studies, batch_size: int = 8) -> list[
     out = []
     for batch in tqdm(list(batches(studies, batch_size)), desc="Soft visual prompts", disable=len(studies) <= batch_size):
         pixel_values, num_views = processor.encode_images([as_views(images) for _, images in batch])
-        features = model.get_image_features(pixel_values.to(device), num_views.to(device)).float().cpu()
+        features = model.get_image_features(pixel_values.to(device), num_views.to(device)).pooler_output.float().cpu()
         start = 0
         for (study_id, _), count in zip(batch, num_views.tolist()):
             out.append((study_id, features[start : start + count]))
