@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test benchmark clean lock
+.PHONY: install demo test test-fast lint benchmark clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/rrg demo --output-dir outputs/demo
 
+# Everything, slow end-to-end tests included.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: skips tests marked slow (training runs, fresh venvs, the wheel); a few minutes on 2 cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/run.py --output benchmarks/results/self.md

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -68,7 +67,8 @@ def bench_training(tmp: Path, model, processor) -> dict:
 
     from training.data.loaders import load_synthetic
     from training.sft.feature_cache import FeatureCache
-    from training.sft.train import RRGDataCollator, lora_target_regex
+    from training.sft.model_setup import lora_target_regex
+    from training.sft.train import RRGDataCollator
 
     rows = list(load_synthetic(tmp / "synthetic")["train"].select(range(16)))
     cache = FeatureCache(tmp / "features", model, processor)

@@ -37,8 +37,8 @@ def _free_port() -> int:
 def bench_serve(tmp: Path, model, processor, repeat: int = 3) -> dict:
     from PIL import Image
 
-    from training.serve import ReportServer, launch
     from training.sandbox.synthetic import generate_study
+    from training.serve import ReportServer, launch
 
     folder = _save_servable(model, processor, tmp / "servable")
     _, images = generate_study(0, "test", 0, image_size=128)

@@ -14,9 +14,15 @@ import torch
 import yaml
 from transformers import AutoModel, AutoModelForCausalLM
 
-from training.sft.loading import load_trained
 from training.sandbox.synthetic import generate_synthetic_dataset
-from training.sandbox.tiny import save_backbone, tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
+from training.sandbox.tiny import (
+    save_backbone,
+    tiny_image_processor,
+    tiny_text_config,
+    tiny_vision_config,
+    train_bpe_tokenizer,
+)
+from training.sft.loading import load_trained
 from training.sft.train import parse_args, train
 
 

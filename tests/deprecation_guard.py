@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 OURS = (str(REPO / "training") + "/", str(REPO / "modeling_rrg") + "/", "/transformers_modules/")
 CATEGORIES = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)

@@ -1,11 +1,15 @@
 """Small helpers shared by tests (images, subprocess runner)."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def xray(seed: int = 0, size: int = 40, dtype=np.uint8) -> np.ndarray:
@@ -44,3 +48,183 @@ def run_isolated(code: str, cwd, env_extra=None, timeout=600) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
     return proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------- training recipes
+def train_recipe(workspace, out, **overrides):
+    """Write a tiny CPU training recipe (see the `workspace` fixture) next to `out`; fields override the defaults."""
+    from pathlib import Path
+
+    import yaml
+
+    base = {
+        "stage": 1, "dataset_path": str(workspace / "data"), "vision_model": str(workspace / "vision"),
+        "text_model": str(workspace / "text"), "num_visual_tokens": 4, "output_dir": str(out), "max_steps": 4,
+        "per_device_train_batch_size": 4, "learning_rate": 0.01, "logging_steps": 2, "save_steps": 2,
+        "bf16": False, "activation_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
+        "eval_strategy": "no", "seed": 0, "data_seed": 0, "disable_tqdm": True, "save_only_model": False,
+    }
+    base.update(overrides)
+    path = Path(out).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def train_run(path, *extra):
+    """Run `rrg train --config path [extra ...]` in process; returns the final model folder."""
+    from training.sft.train import parse_args, train
+
+    args, training_args, model_args = parse_args(["--config", str(path), *extra])
+    return train(args, training_args, model_args)
+
+
+def weights(folder):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------ export fixtures
+REPO_ID = "rrg-org/rrg-tiny"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+# ------------------------------------------------------------------------------------------- run fixtures
+def _summary(stage: int, mode: str, model, base_models: dict, datasets: list[str]) -> dict:
+    """A realistic `rrg_training.json`. Training (`training/sft/train.py`) writes the real one, last, into each model
+    folder; these tests write it themselves so they do not have to train."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    lr = 1e-3 if stage == 1 else 2e-4
+    return {
+        "stage": stage,
+        "mode": mode,
+        "recipe": {
+            "rrg": {"stage": stage, "dataset_path": datasets[0], "projector_type": "linear", "max_views": 2,
+                    "num_visual_tokens": None, "lora_mlp": False, "train_vision_tower": False,
+                    "report_section": "both"},
+            "model": {"use_peft": stage == 2, "lora_r": 8 if stage == 2 else None, "lora_alpha": 16,
+                      "lora_dropout": 0.05},
+            "training": {"learning_rate": lr, "num_train_epochs": 3 if stage == 1 else 5,
+                         "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8,
+                         "lr_scheduler_type": "cosine", "warmup_ratio": 0.03, "weight_decay": 0.0,
+                         "optim": "adamw_torch", "bf16": False, "seed": 42, "max_length": 512},
+        },
+        "trainable_parameters": trainable,
+        "frozen_parameters": total - trainable,
+        "base_models": base_models,
+        "datasets": datasets,
+        "train_rows": 1234,
+        "global_step": 116,
+    }
+
+
+def make_full_run(folder: Path, tokenizer, seed: int = 0) -> Path:
+    """A completed stage-1 folder (full model, projector trained) with its run summary."""
+    from training.sandbox.tiny import build_tiny_model
+
+    model, processor = build_tiny_model(tokenizer=tokenizer, seed=seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    base_models = {"vision": "google/vit-base-patch16-224-in21k", "text": "openlm-research/open_llama_7b"}
+    (folder / "rrg_training.json").write_text(
+        json.dumps(_summary(1, "projector", model, base_models, ["rrg-org/mimic-cxr-demo"]))
+    )
+    return folder
+
+
+def make_adapter_run(root: Path, tokenizer) -> tuple[Path, Path]:
+    """A stage-1 folder and a stage-2 LoRA adapter (with the projector in `modules_to_save`) on top of it."""
+    from peft import LoraConfig, get_peft_model
+
+    from modeling_rrg import RRGForConditionalGeneration
+
+    stage1 = make_full_run(root / "stage1" / "model", tokenizer)
+    base = RRGForConditionalGeneration.from_pretrained(stage1)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                        modules_to_save=["multi_modal_projector"], init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    with torch.no_grad():  # stage 2 also changed the projector: make the saved copy differ from stage 1's
+        for name, param in peft_model.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    peft_model.peft_config["default"].base_model_name_or_path = str(stage1.resolve())
+    stage2 = root / "stage2" / "model"
+    peft_model.save_pretrained(stage2)
+    from modeling_rrg import RRGProcessor
+
+    RRGProcessor.from_pretrained(stage1).save_pretrained(stage2)
+    (stage2 / "rrg_training.json").write_text(
+        json.dumps(_summary(2, "lora", peft_model, {"init": str(stage1.resolve())}, ["rrg-org/mimic-cxr-demo"]))
+    )
+    return stage1, stage2
+
+
+def write_metrics(folder: Path) -> Path:
+    """A `metrics.json` as `rrg evaluate` writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "BLEU-1": 0.4123, "BLEU-2": 0.2567, "BLEU-3": 0.1711, "BLEU-4": 0.1204, "METEOR": 0.1502,
+        "ROUGE-L": 0.2899, "CIDEr": 0.2333, "nlg_text_cleaning": "mimic",
+        "clinical_efficacy": {
+            "precision_micro_14": 0.45, "recall_micro_14": 0.31, "f1_micro_14": 0.367,
+            "precision_macro_14": 0.3, "recall_macro_14": 0.2, "f1_macro_14": float("nan"),
+            "per_observation": {}, "labeler": "rule-based-chexpert-v1", "num_samples": 12,
+        },
+        "model": "outputs/demo/stage2", "data": "rrg-org/mimic-cxr-demo", "split": "test", "num_samples": 12,
+        "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 3},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def reference_batch(processor):
+    return processor(images=[[xray(0), xray(1)], [xray(2)]], report=["Normal heart.", "Left effusion."])
+
+
+def hub_cache(tmp_path: Path, folder: Path, repo_id: str = REPO_ID) -> Path:
+    """Copy an exported folder into a Hugging Face cache layout; returns the cache root (HF_HUB_CACHE)."""
+    org, name = repo_id.split("/")
+    repo = tmp_path / "hub" / f"models--{org}--{name}"
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return tmp_path / "hub"
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0):
+    """A 12-bit DX DICOM file with the given pixels, photometric interpretation, window and rescale."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -8,24 +8,22 @@ import torch
 from PIL import Image
 
 from helpers import xray
-from training.analysis import report as analysis
-from training.analysis.report import (
+from training.analysis.attention import (
     ATTENTION_CATEGORIES,
+    _sentence_spans,
     attention_category_shares,
+    attention_share_analysis,
     eager_attention,
-    embedding_analysis,
-    generate_reports,
-    nearest_words,
-    plot_attribution,
-    run_analysis,
-    special_token_ids,
+    generate_records,
     split_sentences,
     teacher_forced_attention,
-    token_attribution,
-    visual_token_grid,
 )
+from training.analysis.attribution import token_attribution, visual_token_grid
+from training.analysis.embeddings import embedding_analysis, nearest_words, special_token_ids
+from training.analysis.plots import plot_attribution
+from training.analysis.report import main as analyze_main
+from training.analysis.report import run_analysis
 from training.sandbox.tiny import build_tiny_model
-
 
 VISUAL = ATTENTION_CATEGORIES.index("visual")
 PADDING = ATTENTION_CATEGORIES.index("padding")
@@ -74,7 +72,7 @@ def test_attention_category_shares_matches_manual():
 
 def test_attention_shares_sum_to_one_per_layer(tiny):
     model, processor = tiny
-    records = generate_reports(model, processor, _studies(3), max_new_tokens=6, batch_size=3)
+    records = generate_records(model, processor, _studies(3), max_new_tokens=6, batch_size=3)
     pixel_values, num_views = processor.encode_images([r["views"] for r in records])
     with eager_attention(model):
         results = teacher_forced_attention(model, records, pixel_values, num_views)
@@ -107,7 +105,7 @@ def test_visual_share_is_zero_without_image_tokens(tiny):
 
 def test_attention_share_analysis_spread(tiny):
     model, processor = tiny
-    result = analysis.attention_share_analysis(model, processor, _studies(3), max_new_tokens=4, batch_size=2)
+    result = attention_share_analysis(model, processor, _studies(3), max_new_tokens=4, batch_size=2)
     layers = model.config.text_config.num_hidden_layers
     assert result["per_study"].shape[0] == 3
     assert result["layer_mean"].shape == result["layer_std"].shape == (layers, len(ATTENTION_CATEGORIES))
@@ -183,7 +181,7 @@ def test_split_sentences(tokenizer):
     assert split_sentences(text) == ["The heart size is normal.", "Lungs are clear;", "no effusion.", "Nodule of 1.5 cm!"]
     # Token spans of a generated report (EOS dropped) follow the same sentence boundaries.
     ids = tokenizer(" The heart size is normal. The lungs are clear.", add_special_tokens=False)["input_ids"]
-    spans = analysis._sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
+    spans = _sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
     assert [text for _, _, text in spans] == ["The heart size is normal.", "The lungs are clear."]
     assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and spans[1][1] == len(ids)
 
@@ -191,7 +189,7 @@ def test_split_sentences(tokenizer):
 def test_sentence_spans_keep_list_numbers_and_decimals(tokenizer):
     text = " 1. No effusion. 2. Nodule of 1.5 cm. Findings: 3. Clear lungs."
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    spans = analysis._sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
+    spans = _sentence_spans(tokenizer, ids + [tokenizer.eos_token_id], {tokenizer.eos_token_id})
     expected = ["1. No effusion.", "2. Nodule of 1.5 cm.", "Findings: 3. Clear lungs."]
     assert [text for _, _, text in spans] == expected
     assert split_sentences(text) == expected
@@ -202,7 +200,7 @@ def test_token_attribution_of_a_given_report_and_one_view_plot(tokenizer, tmp_pa
     model.eval()
     generated = token_attribution(model, processor, ("s", [xray(3), xray(4)]), max_new_tokens=8)
     # The same tokens given as a record (what `rrg serve` does with the report it showed) give the same maps.
-    record = analysis.generate_reports(model, processor, [("s", [xray(3), xray(4)])], max_new_tokens=8)[0]
+    record = generate_records(model, processor, [("s", [xray(3), xray(4)])], max_new_tokens=8)[0]
     given = token_attribution(model, processor, None, record=record)
     assert [s["text"] for s in given["sentences"]] == [s["text"] for s in generated["sentences"]]
     for a, b in zip(given["sentences"], generated["sentences"]):
@@ -279,7 +277,7 @@ def test_cli_on_saved_model_and_annotation(tiny, tokenizer, tmp_path):
     annotation = tmp_path / "data" / "annotation.json"
     annotation.write_text(json.dumps({"train": entries[:1], "val": entries[:1], "test": entries}))
     out = tmp_path / "out"
-    code = analysis.main([
+    code = analyze_main([
         "--model", str(model_dir), "--data", str(annotation), "--split", "test", "--max-studies", "2",
         "--study-id", "t2", "--batch-size", "2", "--max-new-tokens", "4", "--output-dir", str(out),
         "--attribution-layers", "-1", "--device", "cpu", "--compare-model", str(tmp_path / "stage1"),
@@ -293,5 +291,5 @@ def test_cli_on_saved_model_and_annotation(tiny, tokenizer, tmp_path):
     _check_png(out / "comparison.png")
     _check_png(out / "attribution_t2.png")
     with pytest.raises(ValueError, match="not in split"):
-        analysis.main(["--model", str(model_dir), "--data", str(annotation), "--study-id", "nope",
+        analyze_main(["--model", str(model_dir), "--data", str(annotation), "--study-id", "nope",
                        "--output-dir", str(out)])

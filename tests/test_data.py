@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_dicom
 from training.data.chexpert import CHEXPERT_OBSERVATIONS
+from training.data.images import load_image, read_dicom
 from training.data.loaders import FEATURES, load_annotation_json, load_hf_dataset
 from training.data.reports import clean_report, select_section, split_sections
-from training.data.images import load_image, read_dicom
 
 
 def _png(path, value=100, size=24, mode="L"):
@@ -19,33 +20,6 @@ def _png(path, value=100, size=24, mode="L"):
     arr = np.full((size, size), value, dtype=np.uint8)
     arr[: size // 2] = 255 - value
     Image.fromarray(arr, mode="L").convert(mode).save(path)
-    return path
-
-
-def _dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -75,20 +49,20 @@ def test_load_image_errors_name_the_file(tmp_path):
 
 def test_dicom_window_modality_lut_and_monochrome1(tmp_path):
     pixels = np.tile(np.linspace(0, 4000, 40), (8, 1)).astype(np.uint16)
-    m2 = np.asarray(load_image(_dicom(tmp_path / "a.dcm", pixels, window=(2000, 2000))), dtype=int)
+    m2 = np.asarray(load_image(write_dicom(tmp_path / "a.dcm", pixels, window=(2000, 2000))), dtype=int)
     # Window [1000, 3000]: below is black, above is white, the centre is mid-grey.
     assert m2[0, 0] == 0 and m2[0, -1] == 255
     centre = np.argmin(np.abs(pixels[0].astype(int) - 2000))
     assert abs(m2[0, centre] - 128) <= 8
     assert (m2[0, pixels[0] < 1000] == 0).all() and (m2[0, pixels[0] > 3000] == 255).all()
     # MONOCHROME1 stores inverted grey levels: after reading, bone must still be bright.
-    m1 = np.asarray(load_image(_dicom(tmp_path / "b.dcm", pixels, photometric="MONOCHROME1", window=(2000, 2000))), dtype=int)
+    m1 = np.asarray(load_image(write_dicom(tmp_path / "b.dcm", pixels, photometric="MONOCHROME1", window=(2000, 2000))), dtype=int)
     assert np.array_equal(m1, 255 - m2)
     # Rescale slope / intercept is applied before the window (here: window in rescaled units).
-    scaled = np.asarray(load_image(_dicom(tmp_path / "c.dcm", pixels // 2, window=(2000, 2000), slope=2.0)), dtype=int)
+    scaled = np.asarray(load_image(write_dicom(tmp_path / "c.dcm", pixels // 2, window=(2000, 2000), slope=2.0)), dtype=int)
     assert np.abs(scaled - m2).max() <= 2
     # No window: full range; a DICOM without the .dcm suffix is recognised by its magic bytes.
-    plain = _dicom(tmp_path / "d.dcm", pixels)
+    plain = write_dicom(tmp_path / "d.dcm", pixels)
     renamed = plain.rename(tmp_path / "IM0001")
     full = np.asarray(load_image(renamed))
     assert full.min() == 0 and full.max() == 255
@@ -240,7 +214,7 @@ def test_imagefolder_with_metadata_jsonl_and_split_column(tmp_path):
 def test_csv_with_dicom_paths_and_bad_rows(tmp_path, caplog):
     pixels = np.tile(np.linspace(0, 4000, 16), (16, 1)).astype(np.uint16)
     for i in range(3):
-        _dicom(tmp_path / "dicom" / f"{i}.dcm", pixels, photometric="MONOCHROME1")
+        write_dicom(tmp_path / "dicom" / f"{i}.dcm", pixels, photometric="MONOCHROME1")
     csv_path = tmp_path / "reports.csv"
     csv_path.write_text(
         "dicom,text,split,sid\n"

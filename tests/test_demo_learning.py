@@ -13,6 +13,9 @@ import torch
 
 from training.sandbox.demo import DemoConfig, run_demo
 
+# Runs the whole demo pipeline.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

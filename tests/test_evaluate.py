@@ -119,7 +119,7 @@ def test_evaluate_cli_on_a_saved_adapter_folder_with_beam_search_and_bertscore(s
     from transformers import BertConfig, BertModel
 
     from training.sft.loading import COMPLETE_MARKER
-    from training.sft.train import lora_target_regex
+    from training.sft.model_setup import lora_target_regex
 
     root, data, model, processor = setup
     base = tmp_path / "base"

@@ -9,130 +9,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_isolated, xray
-
+from helpers import (
+    REPO_ID,
+    hub_cache,
+    make_adapter_run,
+    make_full_run,
+    python_blocks,
+    reference_batch,
+    run_isolated,
+    write_metrics,
+    xray,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REPO_ID = "rrg-org/rrg-tiny"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-# ------------------------------------------------------------------------------------------- run fixtures
-def _summary(stage: int, mode: str, model, base_models: dict, datasets: list[str]) -> dict:
-    """A realistic `rrg_training.json`. Training (`training/sft/train.py`) writes the real one, last, into each model
-    folder; these tests write it themselves so they do not have to train."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    lr = 1e-3 if stage == 1 else 2e-4
-    return {
-        "stage": stage,
-        "mode": mode,
-        "recipe": {
-            "rrg": {"stage": stage, "dataset_path": datasets[0], "projector_type": "linear", "max_views": 2,
-                    "num_visual_tokens": None, "lora_mlp": False, "train_vision_tower": False,
-                    "report_section": "both"},
-            "model": {"use_peft": stage == 2, "lora_r": 8 if stage == 2 else None, "lora_alpha": 16,
-                      "lora_dropout": 0.05},
-            "training": {"learning_rate": lr, "num_train_epochs": 3 if stage == 1 else 5,
-                         "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8,
-                         "lr_scheduler_type": "cosine", "warmup_ratio": 0.03, "weight_decay": 0.0,
-                         "optim": "adamw_torch", "bf16": False, "seed": 42, "max_length": 512},
-        },
-        "trainable_parameters": trainable,
-        "frozen_parameters": total - trainable,
-        "base_models": base_models,
-        "datasets": datasets,
-        "train_rows": 1234,
-        "global_step": 116,
-    }
-
-
-def make_full_run(folder: Path, tokenizer, seed: int = 0) -> Path:
-    """A completed stage-1 folder (full model, projector trained) with its run summary."""
-    from training.sandbox.tiny import build_tiny_model
-
-    model, processor = build_tiny_model(tokenizer=tokenizer, seed=seed)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    base_models = {"vision": "google/vit-base-patch16-224-in21k", "text": "openlm-research/open_llama_7b"}
-    (folder / "rrg_training.json").write_text(
-        json.dumps(_summary(1, "projector", model, base_models, ["rrg-org/mimic-cxr-demo"]))
-    )
-    return folder
-
-
-def make_adapter_run(root: Path, tokenizer) -> tuple[Path, Path]:
-    """A stage-1 folder and a stage-2 LoRA adapter (with the projector in `modules_to_save`) on top of it."""
-    from peft import LoraConfig, get_peft_model
-
-    from modeling_rrg import RRGForConditionalGeneration
-
-    stage1 = make_full_run(root / "stage1" / "model", tokenizer)
-    base = RRGForConditionalGeneration.from_pretrained(stage1)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
-                        modules_to_save=["multi_modal_projector"], init_lora_weights=False)
-    peft_model = get_peft_model(base, config)
-    with torch.no_grad():  # stage 2 also changed the projector: make the saved copy differ from stage 1's
-        for name, param in peft_model.named_parameters():
-            if "modules_to_save" in name:
-                param.add_(0.05 * torch.randn_like(param))
-    peft_model.peft_config["default"].base_model_name_or_path = str(stage1.resolve())
-    stage2 = root / "stage2" / "model"
-    peft_model.save_pretrained(stage2)
-    from modeling_rrg import RRGProcessor
-
-    RRGProcessor.from_pretrained(stage1).save_pretrained(stage2)
-    (stage2 / "rrg_training.json").write_text(
-        json.dumps(_summary(2, "lora", peft_model, {"init": str(stage1.resolve())}, ["rrg-org/mimic-cxr-demo"]))
-    )
-    return stage1, stage2
-
-
-def write_metrics(folder: Path) -> Path:
-    """A `metrics.json` as `rrg evaluate` writes it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        "BLEU-1": 0.4123, "BLEU-2": 0.2567, "BLEU-3": 0.1711, "BLEU-4": 0.1204, "METEOR": 0.1502,
-        "ROUGE-L": 0.2899, "CIDEr": 0.2333, "nlg_text_cleaning": "mimic",
-        "clinical_efficacy": {
-            "precision_micro_14": 0.45, "recall_micro_14": 0.31, "f1_micro_14": 0.367,
-            "precision_macro_14": 0.3, "recall_macro_14": 0.2, "f1_macro_14": float("nan"),
-            "per_observation": {}, "labeler": "rule-based-chexpert-v1", "num_samples": 12,
-        },
-        "model": "outputs/demo/stage2", "data": "rrg-org/mimic-cxr-demo", "split": "test", "num_samples": 12,
-        "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 3},
-    }
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    return folder
-
-
-def reference_batch(processor):
-    return processor(images=[[xray(0), xray(1)], [xray(2)]], report=["Normal heart.", "Left effusion."])
-
-
-def hub_cache(tmp_path: Path, folder: Path, repo_id: str = REPO_ID) -> Path:
-    """Copy an exported folder into a Hugging Face cache layout; returns the cache root (HF_HUB_CACHE)."""
-    org, name = repo_id.split("/")
-    repo = tmp_path / "hub" / f"models--{org}--{name}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for path in folder.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    return tmp_path / "hub"
-
-
-def python_blocks(markdown: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
-
-
 @pytest.fixture(scope="module")
 def adapter_export(tmp_path_factory):
     """Stage 1 + stage 2 adapter, exported merged with metrics; plus reference logits of the PeftModel."""
     from training.release.export import export_model
-    from training.sft.loading import load_trained
     from training.sandbox.tiny import train_bpe_tokenizer
+    from training.sft.loading import load_trained
 
     root = tmp_path_factory.mktemp("run")
     stage1, stage2 = make_adapter_run(root, train_bpe_tokenizer())
@@ -223,6 +118,7 @@ def test_model_card_without_metrics_says_so(tmp_path, tokenizer):
     assert 'model="your-org/stage1"' in card.text  # placeholder id when none is given
 
 
+@pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_card_quick_start_runs_as_written_in_a_fresh_process(adapter_export, tmp_path):
     """Every python block of the card runs, unchanged, where the project is not importable, resolving the repo id
     from a Hub cache layout offline (images named as in the card are placed in the working directory)."""
@@ -304,17 +200,9 @@ def test_export_main_cli(tmp_path, tokenizer, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "export")
     card = (tmp_path / "export" / "README.md").read_text()
     assert "license: other" in card and "rrg-org/other-data" in card
-    assert export_main([str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")]) == 2
+    from training.cli import main as rrg
 
-
-def test_supported_range_matches_pyproject():
-    import tomllib
-
-    from training.release.export import SUPPORTED_TRANSFORMERS
-
-    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    spec = next(d for d in deps if re.match(r"transformers\b", d))
-    assert spec.replace(" ", "") == "transformers" + SUPPORTED_TRANSFORMERS
+    assert rrg(["export", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")]) == 2
 
 
 # -------------------------------------------------------------------------------------------------- push
@@ -361,7 +249,7 @@ def no_stored_token(monkeypatch, tmp_path):
 def test_push_dry_run_lists_files_and_contacts_nothing(adapter_export, monkeypatch, capsys, no_stored_token):
     import huggingface_hub
 
-    from training.release.export import list_upload_files, push_main, push_to_hub
+    from training.release.push import list_upload_files, push_main, push_to_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", _ForbiddenApi)
     plan = push_to_hub(adapter_export["export"], "rrg-org/rrg-tiny", revision="v1", private=True, dry_run=True)
@@ -380,19 +268,21 @@ def test_push_dry_run_lists_files_and_contacts_nothing(adapter_export, monkeypat
 def test_push_without_token_fails_before_any_work(adapter_export, monkeypatch, no_stored_token):
     import huggingface_hub
 
-    from training.release.export import push_main, push_to_hub
+    from training.release.push import push_to_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "HfApi", _ForbiddenApi)
     with pytest.raises(ValueError, match="No Hugging Face token"):
         push_to_hub(adapter_export["export"], "rrg-org/rrg-tiny")
-    assert push_main([str(adapter_export["export"]), "--repo-id", "rrg-org/rrg-tiny"]) == 2
+    from training.cli import main as rrg
+
+    assert rrg(["push", str(adapter_export["export"]), "--repo-id", "rrg-org/rrg-tiny"]) == 2
 
 
 def test_push_offline_fails_before_any_work(adapter_export, monkeypatch):
     import huggingface_hub
 
-    from training.release.export import push_to_hub
+    from training.release.push import push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
@@ -404,7 +294,7 @@ def test_push_offline_fails_before_any_work(adapter_export, monkeypatch):
 def test_push_unreachable_hub_fails_clearly(adapter_export, monkeypatch):
     import huggingface_hub
 
-    from training.release.export import push_to_hub
+    from training.release.push import push_to_hub
 
     class Unreachable(_RecordingApi):
         def whoami(self):
@@ -423,7 +313,7 @@ def test_push_unreachable_hub_fails_clearly(adapter_export, monkeypatch):
 def test_push_uploads_with_private_repo_branch_and_message(adapter_export, monkeypatch):
     import huggingface_hub
 
-    from training.release.export import push_main, push_to_hub
+    from training.release.push import push_main, push_to_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
@@ -448,7 +338,7 @@ def test_push_uploads_with_private_repo_branch_and_message(adapter_export, monke
 
 
 def test_push_rejects_bad_input(adapter_export, tmp_path):
-    from training.release.export import push_to_hub
+    from training.release.push import push_to_hub
 
     with pytest.raises(FileNotFoundError):
         push_to_hub(tmp_path / "missing", "rrg-org/x", dry_run=True)

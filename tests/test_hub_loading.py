@@ -72,6 +72,7 @@ def test_saved_folder_has_code_auto_map_and_safetensors(tmp_path, tokenizer):
     assert (folder / "chat_template.jinja").exists()
 
 
+@pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_round_trip_in_fresh_process_from_local_folder(tmp_path, tokenizer):
     folder = _save_model(tmp_path, tokenizer)
     out = run_isolated(
@@ -81,6 +82,7 @@ def test_round_trip_in_fresh_process_from_local_folder(tmp_path, tokenizer):
     assert "OK RRGForConditionalGeneration" in out
 
 
+@pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_round_trip_in_fresh_process_from_hub_cache_layout(tmp_path, tokenizer):
     folder = _save_model(tmp_path, tokenizer)
     commit = "0123456789abcdef0123456789abcdef01234567"

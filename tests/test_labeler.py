@@ -107,19 +107,6 @@ def test_hand_written_sentences(labeler, report, expected):
     assert got == expected
 
 
-def test_hand_written_accuracy_is_measured(labeler):
-    checked = correct = 0
-    for report, expected in HAND_WRITTEN:
-        labels = labeler.label(report)
-        for obs, value in expected.items():
-            checked += 1
-            correct += labels[obs] == value
-    accuracy = correct / checked
-    logger.info("rule-based labeler accuracy on %d hand-written labels: %.4f", checked, accuracy)
-    assert checked > 80
-    assert accuracy == 1.0
-
-
 def test_full_label_dict(labeler):
     labels = labeler.label("Small left pleural effusion. No pneumothorax. Possible early pneumonia.")
     expected = {obs: B for obs in CHEXPERT_OBSERVATIONS}
@@ -201,7 +188,7 @@ def _agreement(labeler, entries):
 
 
 def test_agreement_with_synthetic_benchmark(labeler, tmp_path):
-    synthetic = pytest.importorskip("training.sandbox.synthetic")
+    from training.sandbox import synthetic
     out = synthetic.generate_synthetic_dataset(
         tmp_path / "synthetic", num_train=2, num_val=2, num_test=200, image_size=32, seed=0, num_workers=1
     )
@@ -237,7 +224,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "small", "left", "p
 
 
 def _save_tiny_chexbert(path, head_classes=None, seed=0):
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers import BertModel
 
     torch.manual_seed(seed)
@@ -282,7 +269,7 @@ def _save_tokenizer(folder, with_config=True):
 
 
 def test_chexbert_loads_released_format_and_maps_classes(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     tokenizer = _save_tokenizer(tmp_path / "tokenizer")
     # Head i predicts class i % 4 (the "No Finding" head: class 1) whatever the input.
     head_classes = [i % 4 for i in range(13)] + [1]
@@ -306,7 +293,7 @@ def test_chexbert_loads_released_format_and_maps_classes(tmp_path):
 
 
 def test_chexbert_random_model_matches_manual_forward(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     tokenizer = _save_tokenizer(tmp_path / "tokenizer")
     checkpoint = tmp_path / "chexbert.pth"
     _save_tiny_chexbert(checkpoint, seed=3)
@@ -336,7 +323,7 @@ def test_chexbert_random_model_matches_manual_forward(tmp_path):
 
 
 def test_chexbert_missing_files_and_bad_checkpoint(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     tokenizer = _save_tokenizer(tmp_path / "tokenizer")
     with pytest.raises(FileNotFoundError, match="chexbert.pth") as info:
         CheXbertLabeler(tmp_path / "absent.pth", tokenizer)

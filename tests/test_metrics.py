@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from training.evaluation import scoring
 from training.data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS
+from training.evaluation import scoring
 from training.evaluation.labeler import RuleBasedLabeler
 from training.evaluation.metrics import CLINICAL_EFFICACY_METRIC_PATH, NLG_METRIC_PATH, load_metric
 from training.evaluation.scoring import compute_clinical_efficacy, compute_nlg_metrics, metrics_to_markdown
@@ -277,7 +277,7 @@ def test_metrics_to_markdown(our_nlg, rule_labeler):
 # Local evaluate modules (offline)
 # --------------------------------------------------------------------------------------------------
 def test_evaluate_modules_load_offline_and_wrap_scoring(monkeypatch, our_nlg, rule_labeler):
-    evaluate = pytest.importorskip("evaluate")
+    import evaluate
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nlg = evaluate.load(str(NLG_METRIC_PATH))
     result = nlg.compute(predictions=PREDICTIONS, references=REFERENCES)
@@ -301,7 +301,6 @@ def test_evaluate_modules_load_offline_and_wrap_scoring(monkeypatch, our_nlg, ru
 # Optional BERTScore with a local checkpoint (tiny random BERT here; no download)
 # --------------------------------------------------------------------------------------------------
 def test_bertscore_with_local_checkpoint(tmp_path):
-    pytest.importorskip("torch")
     from transformers import BertConfig, BertModel, BertTokenizer
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "small", "left", "pleural", "effusion", "heart", "."]

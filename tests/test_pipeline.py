@@ -86,7 +86,7 @@ def test_indication_count_must_match_the_batch(reporter):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from test_export import make_full_run
+    from helpers import make_full_run
     from training.release.export import export_model
     from training.sandbox.tiny import train_bpe_tokenizer
 
@@ -137,6 +137,7 @@ print(json.dumps({{"one": one, "batch": batch, "itt": out[0]["generated_text"]}}
 """
 
 
+@pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_both_pipelines_from_a_fresh_process(exported):
     out = run_isolated(FRESH_PIPELINES.format(name=str(exported)), cwd=exported.parent,
                        env_extra={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})

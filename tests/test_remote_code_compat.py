@@ -26,17 +26,15 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from datetime import date
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from PIL import Image
 
-from helpers import xray
-from test_export import REPO_ID, hub_cache, make_adapter_run, python_blocks, reference_batch, write_metrics
-
+from helpers import REPO_ID, hub_cache, make_adapter_run, python_blocks, reference_batch, write_metrics, xray
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK = REPO_ROOT / "requirements" / "lock.txt"
@@ -159,8 +157,8 @@ def record_tested(key: str, value) -> None:
 def release(tmp_path_factory):
     """A stage-2 LoRA run exported merged, the reference batch and logits, images for the card, a Hub cache copy."""
     from training.release.export import export_model
-    from training.sft.loading import load_trained
     from training.sandbox.tiny import train_bpe_tokenizer
+    from training.sft.loading import load_trained
 
     root = tmp_path_factory.mktemp("compat")
     _, stage2 = make_adapter_run(root, train_bpe_tokenizer())

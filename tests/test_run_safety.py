@@ -214,13 +214,13 @@ def test_evaluate_refuses_another_models_or_settings_predictions(source, models,
     metrics_a = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
 
-    assert _evaluate(b, source, out) == 1
+    assert _evaluate(b, source, out) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("rrg evaluate: error: ")
     assert "model.folder" in err and "model.weights_sha256" in err
-    assert _evaluate(a, source, out, "--num-beams", "3") == 1
+    assert _evaluate(a, source, out, "--num-beams", "3") == 2
     assert "generation.num_beams: 1 -> 3" in capsys.readouterr().err
-    assert _evaluate(a, source, out, "--max-samples", "4") == 1
+    assert _evaluate(a, source, out, "--max-samples", "4") == 2
     assert "max_samples: null -> 4" in capsys.readouterr().err
     # Nothing was touched by the refused runs.
     assert _predictions(out) == reference and json.loads((out / "metrics.json").read_text()) == metrics_a
@@ -228,7 +228,7 @@ def test_evaluate_refuses_another_models_or_settings_predictions(source, models,
     # A partial mix: a model's half-finished run resumed by another model is refused too.
     lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
     (out / "predictions.jsonl").write_text("".join(lines[:2]))
-    assert _evaluate(b, source, out) == 1
+    assert _evaluate(b, source, out) == 2
     capsys.readouterr()
 
     # --overwrite starts fresh: the result is model b's own, equal to b evaluated into an empty folder.
@@ -247,7 +247,7 @@ def test_evaluate_refuses_predictions_without_a_manifest(source, models, tmp_pat
     out.mkdir()
     (out / "predictions.jsonl").write_text(json.dumps({"id": "x", "reference": "r", "prediction": "p",
                                                        "image_path": []}) + "\n")
-    assert _evaluate(models[0], source, out) == 1
+    assert _evaluate(models[0], source, out) == 2
     assert "without a manifest" in capsys.readouterr().err
 
 
@@ -257,7 +257,7 @@ def test_evaluate_checks_images_first_and_skips_bad_rows(source, models, tmp_pat
     _break(bad, "truncated")
     test_id = _annotation(data)["test"][2]["id"]
     capsys.readouterr()
-    assert _evaluate(models[0], data, tmp_path / "e1") == 1
+    assert _evaluate(models[0], data, tmp_path / "e1") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"split 'test' row 2 (id '{test_id}'): corrupt image" in err and bad.name in err
     assert "--on-bad-rows skip" in err
@@ -275,7 +275,7 @@ def test_evaluate_with_duplicate_ids_is_refused_or_scores_each_study_once(source
     clean = _copy(source, tmp_path / "clean")
     ann["test"][3]["id"] = ann["test"][0]["id"]
     _save_annotation(data, ann)
-    assert _evaluate(models[0], data, tmp_path / "e1") == 1
+    assert _evaluate(models[0], data, tmp_path / "e1") == 2
     assert "duplicate id" in capsys.readouterr().err
     assert _evaluate(models[0], data, tmp_path / "e2", "--on-bad-rows", "skip") == 0
     got = _predictions(tmp_path / "e2")
@@ -295,9 +295,9 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(source, tmp_path,
     (data / "annotation.json").write_bytes(b'{"train": [{"id": "\xe9"}]}')
     argv = ["train", "--dataset_path", str(data), "--output_dir", str(tmp_path / "o"), "--vision_model", "v",
             "--text_model", "t", "--use_cpu", "true", "--report_to", "none", "--activation_checkpointing", "false"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
+    assert len(err) == 2
     assert "annotation.json is not UTF-8 text: byte 0xe9 at byte offset 19 (line 1, byte 20 of the line)" in err[0]
     with pytest.raises(ValueError, match="not UTF-8"):
         main([*argv, "--debug"])

@@ -9,7 +9,6 @@ command. Chromium resolves no host but 127.0.0.1, so nothing on the page reaches
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import pytest
 from PIL import Image
 
 from helpers import xray
-
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,7 +43,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from test_export import make_full_run
+    from helpers import make_full_run
     from training.release.export import export_model
     from training.sandbox.tiny import train_bpe_tokenizer
 
@@ -309,8 +307,7 @@ def test_example_study_is_one_click_away(open_page, reporter, tmp_path):
 
 
 def test_two_views_16bit_png_and_dicom(open_page, reporter, tmp_path):
-    from test_data import _dicom
-
+    from helpers import write_dicom as _dicom
     from training.data.images import load_image
 
     png16 = _synthetic_xray(tmp_path / "frontal16.png", index=1, bits=16)
@@ -449,7 +446,7 @@ def test_report_streams_token_by_token(server, reporter, tmp_path):
 
 
 def test_serves_a_hub_id_from_the_offline_cache(exported, reporter, tmp_path):
-    from test_export import hub_cache
+    from helpers import hub_cache
 
     cache = hub_cache(tmp_path, exported)
     image = _synthetic_xray(tmp_path / "hub.png", index=6)

@@ -34,7 +34,7 @@ def test_same_seed_is_byte_identical_whatever_the_workers(tmp_path):
     a = generate_synthetic_dataset(tmp_path / "a", num_train=6, num_val=2, num_test=2, image_size=SIZE, seed=7, num_workers=1)
     b = generate_synthetic_dataset(tmp_path / "b", num_train=6, num_val=2, num_test=2, image_size=SIZE, seed=7, num_workers=2)
     fa, fb = _files(a), _files(b)
-    assert len(fa) == 1 + 10  # annotation.json + one PNG per study
+    assert len(fa) == 2 + 10  # annotation.json, dataset_info.json + one PNG per study
     assert fa == fb
     c = generate_synthetic_dataset(tmp_path / "c", num_train=6, num_val=2, num_test=2, image_size=SIZE, seed=8)
     fc = _files(c)
@@ -202,7 +202,7 @@ def test_images_can_be_told_apart_by_a_linear_probe():
     rng = np.random.default_rng(0)
     xs, ys = [], []
     targets = ("cardiomegaly", "pleural_effusion", "support_device")
-    for i in range(360):
+    for _ in range(360):
         findings = sample_findings(rng)
         img = render_study(int(rng.integers(1 << 30)), findings, image_size=SIZE)[0]
         thumb = np.asarray(Image.fromarray(img).resize((16, 16), Image.BILINEAR), dtype=np.float64) / 255.0
@@ -256,7 +256,7 @@ def test_reports_mention_every_positive_finding_with_laterality_and_severity():
                 assert re.search(rf"{f['severity']} {word} (pleural effusion|pneumothorax|apical)", text), (f, text)
             if name == "consolidation":
                 word = "consolidation" if f["kind"] == "consolidation" else "opacity"
-                lobe = "lingula" if (f["side"], f["zone"]) == ("left", "middle") else (f"right middle lobe" if f["zone"] == "middle" else f"{f['side']} {f['zone']} lobe")
+                lobe = "lingula" if (f["side"], f["zone"]) == ("left", "middle") else ("right middle lobe" if f["zone"] == "middle" else f"{f['side']} {f['zone']} lobe")
                 assert lobe in text and word in text, (f, text)
                 assert ("pneumonia" in text) == (f["pneumonia"] is not None)
             if name == "nodule":

@@ -10,7 +10,6 @@ from training.release.tested_versions import (
     sync_readme,
 )
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,9 +39,9 @@ def test_card_names_the_dataset_base_models_and_tested_versions(tmp_path, tokeni
     when they were loaded from a Hub cache snapshot) and states the tested transformers releases."""
     import json
 
-    from test_export import make_full_run, write_metrics
+    from helpers import make_full_run, write_metrics
     from training.data.loaders import describe_dataset
-    from training.release.export import build_card_context, hub_id_of, render_model_card
+    from training.release.card import build_card_context, hub_id_of, render_model_card
     from training.sandbox.synthetic import generate_synthetic_dataset
 
     data = generate_synthetic_dataset(tmp_path / "data", num_train=2, num_val=1, num_test=1, image_size=32, seed=3)

@@ -10,57 +10,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from training.sft.train import RRGDataCollator, parse_args, train
+from helpers import train_recipe as recipe
+from helpers import train_run as run
+from helpers import weights
+from training.sft.train import RRGDataCollator, parse_args
 
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Synthetic data + tiny 'pretrained' backbones saved like Hub checkpoints."""
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from training.sandbox.synthetic import generate_synthetic_dataset
-    from training.sandbox.tiny import (
-        save_backbone,
-        tiny_image_processor,
-        tiny_text_config,
-        tiny_vision_config,
-        train_bpe_tokenizer,
-    )
-
-    root = tmp_path_factory.mktemp("train")
-    data = generate_synthetic_dataset(root / "data", num_train=48, num_val=8, num_test=8, image_size=64, seed=0)
-    reports = [r["report"] for r in json.loads((data / "annotation.json").read_text())["train"]]
-    tokenizer = train_bpe_tokenizer(reports, image_token="<unused0>")
-    torch.manual_seed(0)
-    vision = AutoModel.from_config(tiny_vision_config("vit", image_size=32))
-    text = AutoModelForCausalLM.from_config(tiny_text_config("llama", vocab_size=len(tokenizer)))
-    save_backbone(vision, root / "vision", image_processor=tiny_image_processor(32))
-    save_backbone(text, root / "text", tokenizer=tokenizer)
-    return root
-
-
-def recipe(workspace, out, **overrides):
-    base = {
-        "stage": 1, "dataset_path": str(workspace / "data"), "vision_model": str(workspace / "vision"),
-        "text_model": str(workspace / "text"), "num_visual_tokens": 4, "output_dir": str(out), "max_steps": 4,
-        "per_device_train_batch_size": 4, "learning_rate": 0.01, "logging_steps": 2, "save_steps": 2,
-        "bf16": False, "activation_checkpointing": False, "report_to": "none", "max_length": 256, "use_cpu": True,
-        "eval_strategy": "no", "seed": 0, "data_seed": 0, "disable_tqdm": True, "save_only_model": False,
-    }
-    base.update(overrides)
-    path = Path(out).with_suffix(".yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(base))
-    return path
-
-
-def run(path, *extra):
-    args, training_args, model_args = parse_args(["--config", str(path), *extra])
-    return train(args, training_args, model_args)
-
-
-def weights(folder):
-    return load_file(str(Path(folder) / "model.safetensors"))
+# Every test here trains (SFTTrainer runs on CPU, DDP subprocesses): minutes in all.
+pytestmark = pytest.mark.slow
 
 
 def test_stage1_trains_only_the_projector(workspace, tmp_path):
@@ -84,19 +40,13 @@ def test_stage1_trains_only_the_projector(workspace, tmp_path):
     # The projector moved away from its initialisation: rebuild the untrained assembly with the run's seed.
     from transformers import set_seed
 
-    from training.sft.train import build_model_and_processor
+    from training.sft.model_setup import build_model_and_processor
 
     args, training_args, model_args = parse_args(["--config", str(tmp_path / "stage1.yaml")])
     set_seed(training_args.seed)
     initial, _, _ = build_model_and_processor(args, model_args)
     for name, value in initial.model.multi_modal_projector.state_dict().items():
         assert not torch.equal(value, after[f"model.multi_modal_projector.{name}"]), f"projector {name} did not train"
-
-
-@pytest.fixture(scope="module")
-def stage1(workspace, tmp_path_factory):
-    out = tmp_path_factory.mktemp("s1") / "stage1"
-    return run(recipe(workspace, out, max_steps=6)).parent
 
 
 def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, stage1, tmp_path):

@@ -30,12 +30,11 @@ from unittest import mock
 
 import pytest
 import torch
-from parameterized import parameterized
-
 import transformers
+from parameterized import parameterized
 from transformers.models.auto import modeling_auto
-from modeling_rrg import RRGConfig, RRGForConditionalGeneration, RRGModel
 
+from modeling_rrg import RRGConfig, RRGForConditionalGeneration, RRGModel
 
 pytestmark = pytest.mark.slow  # about a minute and a half on two cores, plus the one-off sdist download
 

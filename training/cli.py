@@ -20,8 +20,17 @@ import importlib
 import logging
 import sys
 
+__all__ = ["COMMANDS", "LOG_FORMAT", "setup_logging", "main"]
 
-__all__ = ["COMMANDS", "main"]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Errors raised for bad input (see STYLE.md: ValueError / TypeError with a message that says what to change).
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The one logging setup of the `rrg` command (library modules only log; they never configure logging)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
 
 # command -> (module, function, one-line help)
 COMMANDS = {
@@ -32,7 +41,7 @@ COMMANDS = {
     "compare": ("training.evaluation.compare", "main", "Paired bootstrap test between two prediction files of the same studies."),
     "analyze": ("training.analysis.report", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
     "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),
-    "push": ("training.release.export", "push_main", "Upload an exported folder to the Hugging Face Hub."),
+    "push": ("training.release.push", "push_main", "Upload an exported folder to the Hugging Face Hub."),
     "plan": ("training.sft.plan", "main", "Estimate a GPU recipe's parameters, FLOPs, memory and GPU-hours (meta device)."),
     "serve": ("training.serve", "main", "Browser demo (Gradio) of an exported folder or a Hub id."),
 }
@@ -57,6 +66,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"rrg: unknown command {command!r}.\n\n" + _usage())
         return 2
     module_name, function, _ = COMMANDS[command]
+    setup_logging()
     try:
         module = importlib.import_module(module_name)
         result = getattr(module, function)(rest)
@@ -70,7 +80,8 @@ def main(argv=None) -> int:
             raise
         logging.getLogger(__name__).debug("rrg %s failed", command, exc_info=True)
         sys.stderr.write(f"rrg {command}: error: {_one_line(err)} (add --debug for the traceback)\n")
-        return 1
+        # 2: bad input the message says how to fix (a missing folder, a wrong value); 1: anything else.
+        return 2 if isinstance(err, USER_ERRORS) else 1
     return result if isinstance(result, int) else 0
 
 

@@ -4,10 +4,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-
-__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_dir"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_dir", "atomic_dir"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -48,3 +49,28 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """
+    Build a folder in a fresh temporary folder beside `final`, then move it into place ([`replace_dir`]).
+
+    If the block raises, the temporary folder is removed and `final` is left as it was.
+
+    Example:
+
+    ```python
+    >>> with atomic_dir("outputs/model") as tmp:  # doctest: +SKIP
+    ...     model.save_pretrained(tmp)
+    ```
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -32,11 +32,12 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import datasets
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -85,7 +86,7 @@ SPLIT_ALIASES = {
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ""}
 
 
-def _check_images(paths: Sequence[Path], verify: bool, where: str, problems: "_Problems") -> bool:
+def _check_images(paths: Sequence[Path], verify: bool, where: str, problems: _Problems) -> bool:
     """Reports the first missing / corrupt image of a row; returns whether all are usable."""
     for path in paths:
         if not path.is_file():

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data.loaders import describe_dataset
 from ..fileio import write_json_atomic, write_text_atomic
-
+from .generation import DEFAULT_GENERATION, generate_batch
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +90,14 @@ def generate_reports(model, processor, rows: list[dict], predictions_path: str |
     todo = [(row, images) for row, images in zip(rows, image_sets) if row["id"] not in done]
     if done:
         logger.info("Resuming: %d of %d predictions already in %s.", len(done), len(rows), predictions_path)
-    kwargs = {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **(generation_kwargs or {})}
-    device = next(model.parameters()).device
     with open(predictions_path, "a", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(todo), batch_size), desc="Generating reports", unit="batch"):
             chunk = todo[start : start + batch_size]
             studies = [[image_loader(p) for p in images] for _, images in chunk]
-            batch = processor(images=studies, instruction=instruction, padding_side="left").to(device)
-            output = model.generate(**batch, **kwargs)
-            texts = processor.batch_decode(output[:, batch["input_ids"].shape[1]:])
+            outputs = generate_batch(model, processor, studies, generation_kwargs, instruction=instruction)
             lines = []
-            for (row, images), text in zip(chunk, texts):
-                record = {"id": row["id"], "reference": row["report"], "prediction": text,
+            for (row, images), output in zip(chunk, outputs):
+                record = {"id": row["id"], "reference": row["report"], "prediction": output["report"],
                           "image_path": [str(p) for p in images]}
                 done[row["id"]] = record
                 lines.append(json.dumps(record) + "\n")
@@ -162,7 +158,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
         "data": {**data_fingerprint(data), "format": dataset_format,
                  "image_root": str(Path(image_root).resolve()) if image_root else None},
         "split": split_key(split), "max_samples": max_samples, "on_bad_rows": on_bad_rows,
-        "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
+        "generation": {**DEFAULT_GENERATION, **generation_kwargs},
         "shuffle_images_seed": shuffle_images_seed,
     }
     # Refuse before loading anything heavy: these predictions must not mix with another model's or setting's.
@@ -189,7 +185,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
         "num_samples": len(predictions), "rows_skipped_for_images": skipped,
-        "generation": {"max_new_tokens": 128, "do_sample": False, "num_beams": 1, **generation_kwargs},
+        "generation": {**DEFAULT_GENERATION, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })
     from .scoring import metrics_to_markdown
@@ -246,7 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
     labeler_kwargs = {}
     if a.labeler == "chexbert":
@@ -269,7 +264,3 @@ def main(argv=None) -> int:
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

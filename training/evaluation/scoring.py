@@ -24,6 +24,7 @@ from ..data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS, POSITIVE
 
 __all__ = [
     "NLG_METRIC_NAMES",
+    "CE_METRIC_NAMES",
     "TOKENIZATIONS",
     "compute_nlg_metrics",
     "compute_clinical_efficacy",
@@ -36,6 +37,15 @@ logger = logging.getLogger(__name__)
 
 RADGRAPH_METRIC_NAMES = ("RadGraph-F1-simple", "RadGraph-F1-partial", "RadGraph-F1-complete")
 NLG_METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+# The CheXpert subsets clinical efficacy is averaged over: all 14 observations and the 5 of the competition.
+CE_SUBSETS = {"14": CHEXPERT_OBSERVATIONS, "5": CHEXPERT_5}
+# Clinical-efficacy result keys and their display labels, in table order: "f1_micro_14" -> "CE F1 (micro, 14 obs.)".
+CE_METRIC_NAMES = tuple(
+    (f"{name}_{avg}_{subset}", f"CE {short} ({avg}, {subset} obs.)")
+    for subset in CE_SUBSETS
+    for avg in ("micro", "macro")
+    for name, short in (("precision", "P"), ("recall", "R"), ("f1", "F1"))
+)
 
 TOKENIZATIONS = {
     "r2gen": (
@@ -294,7 +304,7 @@ def compute_clinical_efficacy(
         }
 
     result: dict = {}
-    for suffix, subset in (("14", CHEXPERT_OBSERVATIONS), ("5", CHEXPERT_5)):
+    for suffix, subset in CE_SUBSETS.items():
         tp = sum(counts[o][0] for o in subset)
         fp = sum(counts[o][1] for o in subset)
         fn = sum(counts[o][2] for o in subset)
@@ -424,12 +434,9 @@ def metrics_to_markdown(metrics: dict) -> str:
     for name in NLG_METRIC_NAMES:
         if name in flat:
             lines.append(row(name, name))
-    for suffix, label in (("14", "14 obs."), ("5", "5 obs.")):
-        for avg in ("micro", "macro"):
-            for name, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
-                key = f"{name}_{avg}_{suffix}"
-                if key in flat:
-                    lines.append(f"| CE {short} ({avg}, {label}) | {_fmt(flat[key])} | |")
+    for key, label in CE_METRIC_NAMES:
+        if key in flat:
+            lines.append(f"| {label} | {_fmt(flat[key])} | |")
     for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1", *RADGRAPH_METRIC_NAMES):
         if key in flat:
             lines.append(row(key, key))

@@ -10,7 +10,6 @@ import re
 from importlib import resources
 from pathlib import Path
 
-
 __all__ = ["load_tested_versions", "render_tested_versions", "sync_readme"]
 
 README_START, README_END = "<!-- tested-versions:start -->", "<!-- tested-versions:end -->"

@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["DemoConfig", "run_demo", "main"]
@@ -90,10 +89,10 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
     from transformers import AutoTokenizer
 
     from ..evaluation.evaluator import evaluate
+    from ..sft.train import parse_args, train
     from .pretrain import finding_targets, pretrain_language_model, pretrain_vision_encoder
     from .synthetic import generate_synthetic_dataset
     from .tiny import tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
-    from ..sft.train import parse_args, train
 
     config = config or DemoConfig()
     out = Path(output_dir)
@@ -252,7 +251,6 @@ def summary_table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="rrg demo", description="Run the whole pipeline on the synthetic benchmark.")
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--quick", action="store_true", help="A seconds-long smoke version (tiny sizes).")
@@ -267,7 +265,3 @@ def main(argv=None) -> int:
         rrg = "rrg" if shutil.which("rrg") else str(Path(sys.executable).with_name("rrg"))
         sys.stdout.write(f"Serve the model it trained in a browser:\n    {rrg} serve {summary['export']}\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["finding_targets", "pretrain_language_model", "pretrain_vision_encoder"]

@@ -46,19 +46,19 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import tempfile
+import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
-from ..fileio import replace_dir
+from ..fileio import atomic_dir
 
 __all__ = [
     "FINDING_NAMES",
@@ -928,9 +928,7 @@ def generate_synthetic_dataset(
         num_workers = 1 if total < 200 else (os.cpu_count() or 1)
     num_workers = max(1, int(num_workers))
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         image_root = tmp / "images"
         image_root.mkdir()
         chunk = 64
@@ -960,10 +958,6 @@ def generate_synthetic_dataset(
                 "splits": {name: len(rows) for name, rows in annotation.items()}}
         (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         elapsed = time.perf_counter() - start_time
-        replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     normal = sum(e["chexpert"]["No Finding"] == POSITIVE for split in annotation.values() for e in split)
     logger.info(
         "Wrote %d synthetic studies (%s) to %s in %.1f s with %d worker(s); %.0f%% without pathology.",
@@ -994,7 +988,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--normal-fraction", type=float, default=0.35)
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return generate_synthetic_dataset(
         args.out,
         num_train=args.num_train,
@@ -1009,5 +1002,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m training.sandbox.synthetic` (torchrun / accelerate launch): same as `rrg data`
+    from training.cli import main as rrg
+
+    sys.exit(rrg(["data", *sys.argv[1:]]))

@@ -24,7 +24,6 @@ from transformers import (
 
 from modeling_rrg import RRGConfig, RRGForConditionalGeneration, RRGProcessor
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -91,14 +90,11 @@ def tiny_vision_config(kind: str = "vit", image_size: int = 32, patch_size: int 
     """A tiny vision encoder config of the given family ("vit", "siglip", "clip", "dinov2")."""
     common = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
                   intermediate_size=hidden_size * 2, image_size=image_size, patch_size=patch_size)
-    if kind == "vit":
-        return ViTConfig(**common)
-    if kind == "siglip":
-        return SiglipVisionConfig(**common)
-    if kind == "clip":
-        return CLIPVisionConfig(**common)
+    classes = {"vit": ViTConfig, "siglip": SiglipVisionConfig, "clip": CLIPVisionConfig, "dinov2": Dinov2Config}
     if kind == "dinov2":
-        return Dinov2Config(**{**common, "mlp_ratio": 2})
+        common["mlp_ratio"] = 2
+    if kind in classes:
+        return classes[kind](**common)
     raise ValueError(f"Unknown vision kind {kind!r}; use 'vit', 'siglip', 'clip' or 'dinov2'.")
 
 
@@ -111,12 +107,9 @@ def tiny_text_config(kind: str = "llama", vocab_size: int = 512, hidden_size: in
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=hidden_size * 2,
                   max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra)
-    if kind == "llama":
-        return LlamaConfig(**common)
-    if kind == "mistral":
-        return MistralConfig(**common)
-    if kind == "qwen2":
-        return Qwen2Config(**common)
+    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+    if kind in classes:
+        return classes[kind](**common)
     raise ValueError(f"Unknown text kind {kind!r}; use 'llama', 'mistral', 'qwen2' or 'gpt2'.")
 
 

@@ -16,7 +16,6 @@ from .app import (
 )
 from .space import write_space
 
-
 __all__ = [
     "BANNER",
     "DEFAULT_HOST",

@@ -4,7 +4,7 @@ A user uploads the views of one study (PNG, JPEG, 16-bit PNG or DICOM, read by `
 an indication, and presses *Generate*. The report streams in token by token (transformers' `TextIteratorStreamer`;
 beam search cannot stream, so it shows the report when it is done), then the findings the rule-based CheXpert labeler
 (`training.evaluation.labeler`) extracts appear as positive / negative / uncertain chips, and the attention heat map of each
-sentence over the view the user picks is drawn by the analysis code (`training.analysis.report.token_attribution` on the
+sentence over the view the user picks is drawn by the analysis code (`training.analysis.attribution.token_attribution` on the
 report shown, `plot_attribution`). Example studies from the synthetic benchmark are one click away.
 
 The model is loaded exactly as a Hub user loads it: `pipeline(model=NAME, trust_remote_code=True)` with an exported
@@ -272,7 +272,7 @@ class ReportServer:
         teacher-forced on the very tokens of `record` (filled by [`~ReportServer.stream_report`]). `None` when the
         report is empty.
         """
-        from ..analysis.report import token_attribution
+        from ..analysis.attribution import token_attribution
 
         eos = self.model.generation_config.eos_token_id
         eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
@@ -283,8 +283,8 @@ class ReportServer:
 
     @staticmethod
     def heatmap(attribution: dict, view: int, path: str | os.PathLike) -> Path:
-        """Draw the heat maps of each sentence over one view (`training.analysis.report.plot_attribution`)."""
-        from ..analysis.report import plot_attribution
+        """Draw the heat maps of each sentence over one view (`training.analysis.plots.plot_attribution`)."""
+        from ..analysis.plots import plot_attribution
 
         return plot_attribution(attribution, path, views=[view])
 
@@ -483,7 +483,6 @@ def launch(model: str | os.PathLike, host: str = DEFAULT_HOST, port: int | None 
     Load `model` and serve the page on `host:port` (no share link). Returns `(app, url)`; with `block=True` it
     serves until interrupted.
     """
-    import gradio as gr
 
     server = ReportServer(model, device=device, max_upload_mb=max_upload_mb)
     app = build_app(server, max_examples=examples)

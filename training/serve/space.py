@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ..fileio import replace_dir, write_text_atomic
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPACE_REQUIREMENTS", "write_space"]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from training.serve import launch
 
-
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
+from ..fileio import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +115,7 @@ class FeatureCache:
             pixels, _ = self.processor.encode_images(images)
             features = tower.get_vision_features(pixels[:, 0].to(device)).to("cpu", torch.float32)
             for path, feature in zip(chunk, features):
-                target = self.entry(path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-                os.close(fd)
-                save_file({"features": feature.contiguous()}, tmp)
-                os.replace(tmp, target)
+                write_bytes_atomic(self.entry(path), save({"features": feature.contiguous()}))
         tower.train(was_training)
         logger.info("Feature cache %s: computed %d new entries.", self.dir, len(todo))
         return len(todo)

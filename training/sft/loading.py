@@ -8,13 +8,28 @@ import torch
 
 from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["COMPLETE_MARKER", "resolve_model_dir", "is_adapter_dir", "load_trained", "read_training_summary"]
 
 # Written last into every model folder training produces; a folder without it is an interrupted write.
 COMPLETE_MARKER = "rrg_training.json"
+# The dtypes a trained folder is loaded or saved in; "auto" / None keep the checkpoint's own.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """
+    The `torch.dtype` named by a recipe or a command-line flag (`"bfloat16"`, ...); `None` and `"auto"` give `None`.
+
+    Raises:
+        `ValueError` for any other name.
+    """
+    if value is None or isinstance(value, torch.dtype) or value == "auto":
+        return None if value in (None, "auto") else value
+    if value not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or auto, got {value!r}.")
+    return getattr(torch, value)
 
 
 def resolve_model_dir(path: str | Path) -> Path:

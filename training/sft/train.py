@@ -26,8 +26,6 @@ folder that looks finished.
 import json
 import logging
 import os
-import re
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import replace_dir, write_json_atomic
+from ..fileio import atomic_dir, write_json_atomic
 from . import distributed
 
 
@@ -44,28 +42,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "RRGScriptArguments",
     "RRGDataCollator",
-    "LORA_TARGETS",
-    "lora_target_regex",
     "load_recipe_splits",
-    "build_model_and_processor",
-    "configure_trainable",
-    "count_parameters",
     "train",
+    "parse_args",
     "main",
 ]
-
-# Attention (and MLP) projection names per LLM family, used to build LoRA targets under `model.language_model`.
-LORA_TARGETS = {
-    "attention": {
-        "gpt2": ["attn.c_attn", "attn.c_proj"],
-        "default": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    },
-    "mlp": {
-        "gpt2": ["mlp.c_fc", "mlp.c_proj"],
-        "default": ["gate_proj", "up_proj", "down_proj"],
-    },
-}
-
 
 @dataclass
 class RRGScriptArguments:
@@ -101,27 +82,24 @@ class RRGScriptArguments:
     max_eval_samples: int | None = field(default=None)
     vision_model: str | None = field(default=None, metadata={"help": "Vision backbone (when not starting from an rrg folder)."})
     text_model: str | None = field(default=None, metadata={"help": "LLM backbone (when not starting from an rrg folder)."})
-    projector_type: str = field(default="linear", metadata={"help": "linear (the paper) | mlp2x_gelu"})
+    # The projector / visual-token fields build the projector when starting from backbones (unset: linear, no
+    # pooling, last layer, 2 views); from a trained folder they must match it or be left unset.
+    projector_type: str | None = field(default=None, metadata={"help": "linear (the paper, default) | mlp2x_gelu"})
     num_visual_tokens: int | None = field(default=None, metadata={"help": "Pool each view to this many tokens."})
-    vision_feature_layer: int = field(default=-1)
-    max_views: int = field(default=2, metadata={"help": "Views per study; extra views are dropped (and counted)."})
-    instruction: str | None = field(default=None, metadata={"help": "Override the processor's instruction."})
+    vision_feature_layer: int | None = field(default=None, metadata={"help": "Encoder layer to read (default -1)."})
+    max_views: int | None = field(
+        default=None, metadata={"help": "Views per study (default 2); extra views are dropped (and counted)."}
+    )
+    instruction: str | None = field(
+        default=None,
+        metadata={"help": "The prompt's instruction; saved in the processor, so evaluation and serving use it too."},
+    )
     lora_mlp: bool = field(default=False, metadata={"help": "Stage 2 LoRA also on the MLP projections."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Unfreeze the vision encoder."})
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Cache frozen-encoder features here (reused across epochs and stages)."}
     )
     merge_adapter: bool = field(default=False, metadata={"help": "Stage 2 LoRA: also write a merged model to merged/."})
-
-
-def lora_target_regex(text_model_type: str, include_mlp: bool = False) -> str:
-    """A peft `target_modules` regex matching only the LLM's projections (never the vision tower or projector)."""
-    family = "gpt2" if text_model_type == "gpt2" else "default"
-    names = list(LORA_TARGETS["attention"][family])
-    if include_mlp:
-        names += LORA_TARGETS["mlp"][family]
-    alternatives = "|".join(re.escape(name) for name in names)
-    return rf"^(?:.*\.)?model\.language_model\..*\.(?:{alternatives})$"
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -194,137 +172,15 @@ class RRGDataCollator:
         return dict(batch)
 
 
-# -------------------------------------------------------------------------------------------------- model
-def build_model_and_processor(args: RRGScriptArguments, model_args, dtype=None):
-    """
-    The model a stage starts from: an rrg folder (`model_name_or_path`, e.g. stage 1's output, or a LoRA folder,
-    merged) or, without one, the two pretrained backbones (`vision_model` + `text_model`).
-    """
-    from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
-
-    from .loading import load_trained, resolve_model_dir
-
-    quantization = _quantization_config(model_args)
-    if model_args.model_name_or_path:
-        source = Path(model_args.model_name_or_path)
-        if not source.exists():
-            raise FileNotFoundError(
-                f"model_name_or_path={source} does not exist. For stage 2 point it at stage 1's output folder "
-                "(e.g. outputs/demo/stage1), or drop it and set vision_model + text_model to start from the backbones."
-            )
-        folder = resolve_model_dir(source)  # refuses a stage folder whose run did not finish
-        if quantization is not None:
-            model = RRGForConditionalGeneration.from_pretrained(folder, quantization_config=quantization, dtype=dtype)
-            processor = RRGProcessor.from_pretrained(folder)
-        else:
-            model, processor = load_trained(folder, merge=True, dtype=dtype)
-        model.train()
-        return model, processor, {"init": str(folder.resolve())}
-    if not (args.vision_model and args.text_model):
-        raise ValueError(
-            "Set model_name_or_path (an rrg folder, e.g. stage 1's output) or both vision_model and text_model."
-        )
-    processor = RRGProcessor.from_pretrained_backbones(args.vision_model, args.text_model, image_seq_length=1,
-                                                       max_views=args.max_views)
-    text_kwargs = {"quantization_config": quantization} if quantization is not None else {}
-    model = RRGForConditionalGeneration.from_pretrained_backbones(
-        args.vision_model, args.text_model,
-        image_token_id=processor.image_token_id, vocab_size=len(processor.tokenizer), dtype=dtype,
-        text_kwargs=text_kwargs, projector_type=args.projector_type, num_visual_tokens=args.num_visual_tokens,
-        vision_feature_layer=args.vision_feature_layer, max_views=args.max_views,
-    )
-    processor.image_seq_length = model.config.image_seq_length
-    tok = processor.tokenizer
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    model.config.get_text_config().pad_token_id = tok.pad_token_id
-    return model, processor, {"vision": args.vision_model, "text": args.text_model}
-
-
-def _quantization_config(model_args):
-    if not (getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False)):
-        return None
-    if not torch.cuda.is_available():
-        raise ValueError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU; none is available here.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise ValueError("QLoRA needs bitsandbytes: pip install bitsandbytes") from err
-    from transformers import BitsAndBytesConfig
-
-    # Only the LLM is quantized; the encoder, projector and LM head stay in full precision.
-    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
-    if model_args.load_in_4bit:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-                                  bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-
-
-def configure_trainable(model, args: RRGScriptArguments, use_peft: bool):
-    """
-    Freeze / unfreeze by module name for the stage, and return the peft config (stage 2 LoRA) or None.
-
-    Stage 1: projector only. Stage 2 LoRA: adapters on the LLM + projector (as `modules_to_save`). Stage 2 full:
-    LLM + LM head + projector. `train_vision_tower` adds the encoder in any stage.
-    """
-    if args.stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {args.stage}.")
-    if args.stage == 1 and use_peft:
-        raise ValueError("Stage 1 trains only the projector; set use_peft false (LoRA belongs to stage 2).")
-    model.requires_grad_(False)
-    model.model.multi_modal_projector.requires_grad_(True)
-    if args.train_vision_tower:
-        model.model.vision_tower.requires_grad_(True)
-    if args.stage == 2 and not use_peft:
-        model.model.language_model.requires_grad_(True)
-        model.lm_head.requires_grad_(True)
-    return None
-
-
-def lora_config(model, args: RRGScriptArguments, model_args):
-    from peft import LoraConfig
-
-    if model_args.lora_target_modules:
-        names = list(model_args.lora_target_modules)
-        alternatives = "|".join(re.escape(n) for n in names)
-        target = rf"^(?:.*\.)?model\.language_model\..*\.(?:{alternatives})$"
-    else:
-        target = lora_target_regex(model.config.text_config.model_type, args.lora_mlp)
-    modules_to_save = ["multi_modal_projector"] + (["vision_tower"] if args.train_vision_tower else [])
-    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                      target_modules=target, modules_to_save=modules_to_save, task_type=None,
-                      use_rslora=model_args.use_rslora, use_dora=model_args.use_dora)
-
-
-def count_parameters(model) -> dict:
-    trainable = frozen = 0
-    by_module = {}
-    for name, param in model.named_parameters():
-        n = distributed.num_parameters(param)
-        if param.requires_grad:
-            trainable += n
-        else:
-            frozen += n
-        top = next((m for m in ("vision_tower", "multi_modal_projector", "language_model", "lm_head") if m in name),
-                   "other")
-        entry = by_module.setdefault(top, {"trainable": 0, "frozen": 0})
-        entry["trainable" if param.requires_grad else "frozen"] += n
-    return {"trainable_parameters": trainable, "frozen_parameters": frozen, "by_module": by_module}
-
-
 # ----------------------------------------------------------------------------------------------- outputs
 def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
     from .loading import COMPLETE_MARKER
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
-                                               "base_models": dict(base_models)})
-    replace_dir(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / COMPLETE_MARKER, {"stage": 0, "mode": "assembled backbones, untrained projector",
+                                                   "base_models": dict(base_models)})
     return folder.resolve()
 
 
@@ -339,26 +195,22 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
 
     out = Path(training_args.output_dir)
     final = out / "model"
-    tmp = out / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = summary["base_models"]["init"]
-    with distributed.original_class(model):
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    processor.save_pretrained(tmp)
-    write_json_atomic(tmp / COMPLETE_MARKER, summary)
-    replace_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        with distributed.original_class(model):
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / COMPLETE_MARKER, summary)
     if isinstance(model, PeftModel) and args.merge_adapter:
         from .loading import load_trained
 
         merged, merged_processor = load_trained(final, merge=True)
-        mtmp = out / "merged.tmp"
-        shutil.rmtree(mtmp, ignore_errors=True)
-        merged.save_pretrained(mtmp)
-        merged_processor.save_pretrained(mtmp)
-        write_json_atomic(mtmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
-        replace_dir(mtmp, out / "merged")
+        with atomic_dir(out / "merged") as tmp:
+            merged.save_pretrained(tmp)
+            merged_processor.save_pretrained(tmp)
+            write_json_atomic(tmp / COMPLETE_MARKER, {**summary, "merged_from": str(final.resolve())})
     return final
 
 
@@ -366,13 +218,14 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
 def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     """Run one stage; returns the final model folder."""
     from accelerate import PartialState
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     from ..data.loaders import split_key
     from .feature_cache import FeatureCache
-
-    from transformers import set_seed
+    from .loading import parse_dtype
+    from .model_setup import build_model_and_processor, configure_trainable, count_parameters, lora_config
 
     from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
 
@@ -380,7 +233,7 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     training_args = distributed.setup(training_args)  # first: multi-process on CPU, or refuse
     state = PartialState()
     set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
-    dtype = _resolve_dtype(model_args.dtype)
+    dtype = parse_dtype(model_args.dtype)
     # Before anything is written to output_dir: is it ours to write (new, or the resume of this very run)?
     manifest = run_manifest(args, training_args, model_args)
     resume_requested = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
@@ -405,8 +258,6 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
 
     with distributed.model_init_context(training_args):
         model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
-    if args.max_views != processor.max_views and model_args.model_name_or_path:
-        logger.info("Using the model's max_views=%d (recipe says %d).", processor.max_views, args.max_views)
     use_peft = bool(model_args.use_peft)
     configure_trainable(model, args, use_peft)
     peft_config = lora_config(model, args, model_args) if (args.stage == 2 and use_peft) else None
@@ -429,8 +280,8 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
 
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache,
-                               instruction=args.instruction)
+    # The prompt (instruction included) comes from the processor, which is saved with the model: train = serve.
+    collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache)
     trainer_cls = distributed.trainer_class(SFTTrainer, training_args)
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           processing_class=processor, data_collator=collator, peft_config=peft_config,
@@ -551,12 +402,6 @@ def _checkpointing_active(model) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) for m in base.modules() if m is not base)
 
 
-def _resolve_dtype(value):
-    if value in (None, "auto"):
-        return None
-    return getattr(torch, value) if isinstance(value, str) else value
-
-
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
@@ -621,11 +466,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, training_args, model_args = parse_args(argv)
     train(args, training_args, model_args)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m training.sft.train` (torchrun / accelerate launch): same as `rrg train`
+    from training.cli import main as rrg
+
+    sys.exit(rrg(["train", *sys.argv[1:]]))

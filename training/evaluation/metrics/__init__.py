@@ -17,7 +17,7 @@ Example:
 
 from pathlib import Path
 
-__all__ = ["METRICS_DIR", "NLG_METRIC_PATH", "CLINICAL_EFFICACY_METRIC_PATH", "load_metric"]
+__all__ = ["METRICS_DIR", "NLG_METRIC_PATH", "CLINICAL_EFFICACY_METRIC_PATH", "load_metric", "report_pair_info"]
 
 METRICS_DIR = Path(__file__).resolve().parent
 NLG_METRIC_PATH = METRICS_DIR / "rrg_nlg"
@@ -41,3 +41,17 @@ def load_metric(name: str, **kwargs):
     import evaluate
 
     return evaluate.load(str(_PATHS[name]), **kwargs)
+
+
+def report_pair_info(description: str, citation: str, inputs_description: str, codebase_url: str):
+    """The `evaluate.MetricInfo` both rrg metrics share: one generated and one reference report (strings) per row."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        codebase_urls=[codebase_url],
+    )

@@ -4,13 +4,13 @@ Thin wrapper around `training.evaluation.scoring.compute_clinical_efficacy`. Loa
 `evaluate.load("<repo>/training/evaluation/metrics/rrg_clinical_efficacy")`.
 """
 
-import datasets
 import evaluate
 
 # Imported inside `try` (indented) on purpose: `evaluate` scans top-level imports and would ask to
 # `pip install training`, which is not our package.
 try:
     from training.evaluation.labeler import get_labeler
+    from training.evaluation.metrics import report_pair_info
     from training.evaluation.scoring import compute_clinical_efficacy
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -54,15 +54,7 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RrgClinicalEfficacy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-            codebase_urls=["https://github.com/stanfordmlgroup/CheXbert"],
-        )
+        return report_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, "https://github.com/stanfordmlgroup/CheXbert")
 
     def _compute(
         self,

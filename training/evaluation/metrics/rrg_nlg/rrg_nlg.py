@@ -4,12 +4,12 @@ Thin wrapper around `training.evaluation.scoring.compute_nlg_metrics` (pycocoeva
 with `evaluate.load("<repo>/training/evaluation/metrics/rrg_nlg")`.
 """
 
-import datasets
 import evaluate
 
 # Imported inside `try` (indented) on purpose: `evaluate` scans top-level imports and would ask to
 # `pip install training`, which is not our package.
 try:
+    from training.evaluation.metrics import report_pair_info
     from training.evaluation.scoring import compute_nlg_metrics
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -50,15 +50,7 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RrgNlg(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-            codebase_urls=["https://github.com/salaniz/pycocoevalcap"],
-        )
+        return report_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, "https://github.com/salaniz/pycocoevalcap")
 
     def _compute(self, predictions, references, tokenization="r2gen", meteor=True):
         return compute_nlg_metrics(list(predictions), list(references), tokenization=tokenization, meteor=meteor)
