@@ -43,7 +43,7 @@ demo: $(STAMP)
 
 # Everything, slow end-to-end tests included.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 # The edit loop: skips tests marked slow (training runs, fresh venvs, the wheel); a few minutes on 2 cores.
 test-fast: $(STAMP)

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,8 +64,8 @@ def run(rows: list[dict], tmp: Path, cached: bool, epochs: int, batch_size: int)
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from training.sft.feature_cache import FeatureCache
     from training.sandbox.tiny import build_tiny_model, train_bpe_tokenizer
+    from training.sft.feature_cache import FeatureCache
     from training.sft.train import RRGDataCollator
 
     model, processor = build_tiny_model(tokenizer=train_bpe_tokenizer(vocab_size=600), image_size=64, patch_size=16,

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-
 __all__ = ["Shape", "SHAPES", "build_pair", "check_equal_logits", "llava_batch", "make_rows", "flops_per_sample"]
 
 
@@ -132,10 +131,10 @@ def llava_batch(batch: dict) -> dict:
 
 def make_rows(folder, shape: Shape, count: int, seed: int = 0) -> list[dict]:
     """`count` studies of `shape.views` PNG views (random noise at the model's resolution) and a report each."""
+    from pathlib import Path
+
     import numpy as np
     from PIL import Image
-
-    from pathlib import Path
 
     rng = np.random.default_rng(seed)
     words = ("the heart size is normal lungs are clear no pleural effusion or pneumothorax mild cardiomegaly "

@@ -27,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from peer import SHAPES, build_pair, check_equal_logits, flops_per_sample, llava_batch, make_rows  # noqa: E402
-
 
 logger = logging.getLogger("sidebyside")
 
@@ -402,7 +400,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shapes:
             shape = SHAPES[name].smallest() if args.smoke else SHAPES[name]
-            def save(partial, done=list(results)):
+            def save(partial, done=list(results)):  # noqa: B006 (a snapshot taken per shape, on purpose)
                 if args.json:  # after each part, so a long run on a loaded machine keeps what it measured
                     from training.fileio import write_json_atomic
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from helpers import run_isolated
 from test_training import recipe, run, workspace  # noqa: F401  (workspace is a fixture)
 
+from helpers import run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = ROOT / "training" / "sft" / "recipes" / "accelerate"

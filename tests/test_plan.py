@@ -3,9 +3,15 @@
 import torch
 import yaml
 
-from training.sft.plan import (PlanInputs, build_meta_model, forward_flops, memory_per_gpu, parameter_counts, plan,
-                           stage_flops)
-
+from training.sft.plan import (
+    PlanInputs,
+    build_meta_model,
+    forward_flops,
+    memory_per_gpu,
+    parameter_counts,
+    plan,
+    stage_flops,
+)
 
 VISION = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
           "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3}

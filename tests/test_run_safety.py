@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_training import recipe, run, weights, workspace  # noqa: F401  (workspace is a fixture)
 
 
@@ -140,8 +139,8 @@ def _break(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["zero-byte", "truncated"])
 def test_check_rows_names_file_and_row_or_counts_skips(source, tmp_path, how):
-    from training.data.loaders import load_synthetic
     from training.data.image_check import check_rows
+    from training.data.loaders import load_synthetic
 
     data = _copy(source, tmp_path)
     bad = _image(data, "train", 3)
@@ -179,8 +178,8 @@ def test_image_checks_are_cached_by_size_and_mtime(source, tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny models saved as trained folders (same architecture, different weights)."""
-    from training.sft.loading import COMPLETE_MARKER
     from training.sandbox.tiny import build_tiny_model
+    from training.sft.loading import COMPLETE_MARKER
 
     root = tmp_path_factory.mktemp("models")
     folders = []

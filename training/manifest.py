@@ -24,7 +24,6 @@ from typing import Any
 
 from .fileio import write_json_atomic
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [

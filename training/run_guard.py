@@ -19,7 +19,6 @@ from transformers import TrainerCallback
 
 from .manifest import diff_manifests, read_manifest, write_manifest
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Sequence
 
 from ..manifest import _LOCK, open_cache
-
 
 logger = logging.getLogger(__name__)
 

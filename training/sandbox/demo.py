@@ -215,7 +215,7 @@ def _headline_intervals(metrics: dict) -> dict:
     labeler = metrics.get("ce_labeler", "rule")
     ce_keys = {"CE-F1 (micro-14)": "f1_micro_14", "CE-F1 (macro-14)": "f1_macro_14", "CE-F1 (micro-5)": "f1_micro_5",
                "CE-P (micro-14)": "precision_micro_14", "CE-R (micro-14)": "recall_micro_14"}
-    for name, value in list(out.items()):
+    for name in list(out):
         key = name if name in intervals else None
         if name in ce_keys:
             metric, averaging, labels = ce_keys[name].split("_")

@@ -29,7 +29,6 @@ import os
 
 import torch
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["setup", "backend_name", "model_init_context", "trainer_class", "full_state_dict", "original_class",

@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["PlanInputs", "build_meta_model", "parameter_counts", "forward_flops", "stage_flops", "memory_per_gpu",

@@ -36,7 +36,6 @@ import torch
 from ..fileio import atomic_dir, write_json_atomic
 from . import distributed
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -223,11 +222,10 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     from trl import SFTTrainer
 
     from ..data.loaders import split_key
+    from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
     from .feature_cache import FeatureCache
     from .loading import parse_dtype
     from .model_setup import build_model_and_processor, configure_trainable, count_parameters, lora_config
-
-    from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
 
     start = time.time()
     training_args = distributed.setup(training_args)  # first: multi-process on CPU, or refuse
