@@ -440,19 +440,11 @@ def metrics_to_markdown(metrics: dict) -> str:
     for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1", *RADGRAPH_METRIC_NAMES):
         if key in flat:
             lines.append(row(key, key))
-    notes = []
-    if "tokenization" in flat:
-        notes.append(f"- NLG tokenization: {flat['tokenization']}")
-    if "implementation" in flat:
-        notes.append(f"- NLG implementation: {flat['implementation']}")
-    if "labeler" in flat:
-        notes.append(f"- Clinical efficacy labeler: `{flat['labeler']}`")
-    if "positive_definition" in flat:
-        notes.append(f"- Positive label: {flat['positive_definition']}")
-    if "reference_truncation" in flat:
-        notes.append(f"- References: {flat['reference_truncation']}")
-    if "confidence_interval_method" in flat:
-        notes.append(f"- Intervals: {flat['confidence_interval_method']}")
+    notes = [f"- {label}: {flat[key]}" for key, label in (
+        ("tokenization", "NLG tokenization"), ("implementation", "NLG implementation"),
+        ("labeler", "Clinical efficacy labeler"), ("positive_definition", "Positive label"),
+        ("reference_truncation", "References"), ("confidence_interval_method", "Intervals"),
+    ) if key in flat]
     for warning in flat.get("warnings", []) or []:
         notes.append(f"- Warning: {warning}")
     text = "\n".join(lines) + "\n"
