@@ -176,7 +176,7 @@ def _stage_model(model, stage: int):
 def _lora(model):
     from peft import LoraConfig, get_peft_model
 
-    from training.sft.train import lora_target_regex
+    from training.sft.model_setup import lora_target_regex
 
     model.requires_grad_(False)
     config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=lora_target_regex("llama"),

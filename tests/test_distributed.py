@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import recipe, run, workspace  # noqa: F401  (workspace is a fixture)
 
 from helpers import run_isolated
+from helpers import train_recipe as recipe
+from helpers import train_run as run
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = ROOT / "training" / "sft" / "recipes" / "accelerate"

@@ -24,21 +24,23 @@ STAGE2 = {"stage": 2, "use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_drop
 
 def _real_counts(recipe):
     """Counted independently on a real CPU model trained the way `rrg train` sets it up."""
-    import argparse
 
     from peft import get_peft_model
 
     from modeling_rrg import RRGConfig, RRGForConditionalGeneration
-    from training.sft.train import RRGScriptArguments, configure_trainable, lora_config
+    from training.sft.model_setup import configure_trainable, lora_config
+    from training.sft.train import RRGScriptArguments
 
     args = RRGScriptArguments(**{k: v for k, v in recipe.items() if k in RRGScriptArguments.__dataclass_fields__})
     model = RRGForConditionalGeneration(RRGConfig(vision_config=VISION, text_config=TEXT, image_token_id=99,
-                                                  projector_type=args.projector_type, max_views=args.max_views))
+                                                  projector_type=args.projector_type or "linear",
+                                                  max_views=args.max_views or 2))
     configure_trainable(model, args, recipe.get("use_peft", False))
     if recipe.get("use_peft"):
-        model_args = argparse.Namespace(lora_target_modules=None, lora_r=recipe["lora_r"],
-                                        lora_alpha=recipe["lora_alpha"], lora_dropout=0.0, use_rslora=False,
-                                        use_dora=False)
+        from trl import ModelConfig
+
+        model_args = ModelConfig(lora_r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], lora_dropout=0.0,
+                                 use_peft=True)
         model = get_peft_model(model, lora_config(model, args, model_args))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -83,7 +83,7 @@ def test_sft_trainer_takes_the_fused_lm_head_path_with_rrg(tiny, tmp_path, peft)
     if peft:
         from peft import LoraConfig
 
-        from training.sft.train import lora_target_regex
+        from training.sft.model_setup import lora_target_regex
 
         peft_config = LoraConfig(r=4, target_modules=lora_target_regex("llama"),
                                  modules_to_save=["multi_modal_projector"], task_type=None)

@@ -77,5 +77,6 @@ def test_analyze_on_a_hugging_face_dataset(installed, tokenizer, tmp_path):
     out = tmp_path / "analysis"
     _run([str(installed["bin"] / "rrg"), "analyze", "--model", str(run), "--data", str(data), "--split", "test",
           "--max-studies", "2", "--max-new-tokens", "3", "--batch-size", "2", "--num-threads", "1",
+          "--allow-outside-image-root",  # the table holds absolute paths to images outside the dataset folder
           "--output-dir", str(out)], cwd=tmp_path)
     assert (out / "analysis.json").is_file() and (out / "summary.md").is_file()

@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-model", help="A second trained folder (e.g. stage 1) analysed the same way.")
     parser.add_argument("--data", required=True, help="annotation.json, a folder holding one, or a HF dataset.")
     parser.add_argument("--image-root", help="Folder the image paths are relative to (default: next to --data).")
+    parser.add_argument("--allow-outside-image-root", action="store_true",
+                        help="Accept image paths outside the image root (absolute paths, '..'), as rrg evaluate does.")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-studies", type=int, default=32, help="Random subset of the split (0: all).")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -414,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     studies = load_split_studies(
         args.data, split=args.split, image_root=args.image_root, max_studies=args.max_studies or None,
         seed=args.seed, include_ids=[args.study_id] if args.study_id else (),
+        allow_outside_image_root=args.allow_outside_image_root,
     )
     attribution_study = next((s for s in studies if s["id"] == args.study_id), None) if args.study_id else None
     model, processor = load_trained(args.model, dtype=dtype, device=device)

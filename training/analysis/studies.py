@@ -21,6 +21,7 @@ def load_split_studies(
     max_studies: int | None = None,
     seed: int = 0,
     include_ids: Sequence[str] = (),
+    allow_outside_image_root: bool = False,
 ) -> list[dict]:
     """
     Studies of one split of a dataset, optionally a random subset.
@@ -34,11 +35,13 @@ def load_split_studies(
         max_studies (`int`, *optional*): Sample this many studies (seeded, kept in file order); `None` keeps all.
         seed (`int`, *optional*, defaults to 0): Seed of the subset.
         include_ids (`Sequence[str]`, *optional*): Study ids that must be in the subset (e.g. the attribution study).
+        allow_outside_image_root (`bool`, *optional*): Accept image paths outside the image root (absolute, `..`).
 
     Returns:
         `list[dict]` with `id`, `images` (list of absolute paths) and `report`.
     """
-    rows = load_splits(data_path, splits=[split], image_root=image_root)[split_key(split)]
+    rows = load_splits(data_path, splits=[split], image_root=image_root,
+                       allow_outside_root=allow_outside_image_root)[split_key(split)]
     ids = list(rows["id"])
     missing = [i for i in include_ids if i not in ids]
     if missing:

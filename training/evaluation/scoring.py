@@ -440,10 +440,10 @@ def metrics_to_markdown(metrics: dict) -> str:
     for key in ("BERTScore-P", "BERTScore-R", "BERTScore-F1", *RADGRAPH_METRIC_NAMES):
         if key in flat:
             lines.append(row(key, key))
-    notes = [f"- {label}: {flat[key]}" for key, label in (
-        ("tokenization", "NLG tokenization"), ("implementation", "NLG implementation"),
-        ("labeler", "Clinical efficacy labeler"), ("positive_definition", "Positive label"),
-        ("reference_truncation", "References"), ("confidence_interval_method", "Intervals"),
+    notes = [f"- {label}: {form.format(flat[key])}" for key, label, form in (
+        ("tokenization", "NLG tokenization", "{}"), ("implementation", "NLG implementation", "{}"),
+        ("labeler", "Clinical efficacy labeler", "`{}`"), ("positive_definition", "Positive label", "{}"),
+        ("reference_truncation", "References", "{}"), ("confidence_interval_method", "Intervals", "{}"),
     ) if key in flat]
     for warning in flat.get("warnings", []) or []:
         notes.append(f"- Warning: {warning}")

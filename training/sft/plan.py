@@ -66,25 +66,26 @@ def build_meta_model(vision_config: dict, text_config: dict, recipe: dict):
 
     from modeling_rrg import RRGConfig, RRGForConditionalGeneration
 
-    from .train import RRGScriptArguments, configure_trainable, lora_config
+    from .model_setup import ARCHITECTURE_DEFAULTS, ARCHITECTURE_FIELDS, configure_trainable, lora_config
+    from .train import RRGScriptArguments
 
     fields = {k: v for k, v in recipe.items() if k in RRGScriptArguments.__dataclass_fields__}
     args = RRGScriptArguments(**fields)
+    # As training does when it assembles from backbones: the recipe's value, else rrg's default.
+    architecture = {name: getattr(args, name) if getattr(args, name) is not None else ARCHITECTURE_DEFAULTS[name]
+                    for name in ARCHITECTURE_FIELDS}
     config = RRGConfig(vision_config=dict(vision_config), text_config=dict(text_config),
-                       image_token_id=text_config["vocab_size"] - 1, projector_type=args.projector_type,
-                       num_visual_tokens=args.num_visual_tokens, vision_feature_layer=args.vision_feature_layer,
-                       max_views=args.max_views)
+                       image_token_id=text_config["vocab_size"] - 1, **architecture)
     with torch.device("meta"):
         model = RRGForConditionalGeneration(config)
     use_peft = bool(recipe.get("use_peft", False))
     configure_trainable(model, args, use_peft)
     if args.stage == 2 and use_peft:
         from peft import get_peft_model
+        from trl import ModelConfig
 
-        model_args = argparse.Namespace(lora_target_modules=recipe.get("lora_target_modules"),
-                                        lora_r=recipe.get("lora_r", 16), lora_alpha=recipe.get("lora_alpha", 32),
-                                        lora_dropout=recipe.get("lora_dropout", 0.05),
-                                        use_rslora=recipe.get("use_rslora", False), use_dora=recipe.get("use_dora", False))
+        # The recipe's LoRA fields, read as training reads them (trl's ModelConfig + rrg's lora_config).
+        model_args = ModelConfig(**{k: v for k, v in recipe.items() if k in ModelConfig.__dataclass_fields__})
         model = get_peft_model(model, lora_config(model, args, model_args))
     return model
 
