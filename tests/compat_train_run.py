@@ -12,29 +12,15 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModel, AutoModelForCausalLM
 
-from training.sandbox.synthetic import generate_synthetic_dataset
-from training.sandbox.tiny import (
-    save_backbone,
-    tiny_image_processor,
-    tiny_text_config,
-    tiny_vision_config,
-    train_bpe_tokenizer,
-)
+from helpers import build_training_workspace  # tests/ is on sys.path: this script runs from there
 from training.sft.loading import load_trained
 from training.sft.train import parse_args, train
 
 
 def main(out: Path) -> None:
-    data = generate_synthetic_dataset(out / "data", num_train=24, num_val=4, num_test=4, image_size=64, seed=0)
-    reports = [r["report"] for r in json.loads((data / "annotation.json").read_text())["train"]]
-    tokenizer = train_bpe_tokenizer(reports, image_token="<unused0>")
-    torch.manual_seed(0)
-    vision = AutoModel.from_config(tiny_vision_config("vit", image_size=32))
-    text = AutoModelForCausalLM.from_config(tiny_text_config("llama", vocab_size=len(tokenizer)))
-    save_backbone(vision, out / "vision", image_processor=tiny_image_processor(32))
-    save_backbone(text, out / "text", tokenizer=tokenizer)
+    build_training_workspace(out, num_train=24, num_eval=4)
+    data = out / "data"
     common = {
         "dataset_path": str(data), "num_visual_tokens": 4, "max_steps": 3, "per_device_train_batch_size": 4,
         "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no", "bf16": False, "report_to": "none",

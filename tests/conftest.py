@@ -38,30 +38,9 @@ def tiny(tokenizer):
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
     """Synthetic data + tiny 'pretrained' backbones saved like Hub checkpoints (shared by the training tests)."""
-    import json
+    from helpers import build_training_workspace
 
-    import torch
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from training.sandbox.synthetic import generate_synthetic_dataset
-    from training.sandbox.tiny import (
-        save_backbone,
-        tiny_image_processor,
-        tiny_text_config,
-        tiny_vision_config,
-        train_bpe_tokenizer,
-    )
-
-    root = tmp_path_factory.mktemp("train")
-    data = generate_synthetic_dataset(root / "data", num_train=48, num_val=8, num_test=8, image_size=64, seed=0)
-    reports = [r["report"] for r in json.loads((data / "annotation.json").read_text())["train"]]
-    tokenizer = train_bpe_tokenizer(reports, image_token="<unused0>")
-    torch.manual_seed(0)
-    vision = AutoModel.from_config(tiny_vision_config("vit", image_size=32))
-    text = AutoModelForCausalLM.from_config(tiny_text_config("llama", vocab_size=len(tokenizer)))
-    save_backbone(vision, root / "vision", image_processor=tiny_image_processor(32))
-    save_backbone(text, root / "text", tokenizer=tokenizer)
-    return root
+    return build_training_workspace(tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture(scope="session")

@@ -228,3 +228,35 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def build_training_workspace(root, num_train: int = 48, num_eval: int = 8):
+    """Synthetic data + tiny 'pretrained' backbones saved like Hub checkpoints under `root` (data/, vision/, text/).
+
+    Used by the `workspace` fixture and by `compat_train_run.py` (a script run in other venvs, without pytest)."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from training.sandbox.synthetic import generate_synthetic_dataset
+    from training.sandbox.tiny import (
+        save_backbone,
+        tiny_image_processor,
+        tiny_text_config,
+        tiny_vision_config,
+        train_bpe_tokenizer,
+    )
+
+    root = Path(root)
+    data = generate_synthetic_dataset(root / "data", num_train=num_train, num_val=num_eval, num_test=num_eval,
+                                      image_size=64, seed=0)
+    reports = [r["report"] for r in json.loads((data / "annotation.json").read_text())["train"]]
+    tokenizer = train_bpe_tokenizer(reports, image_token="<unused0>")
+    torch.manual_seed(0)
+    vision = AutoModel.from_config(tiny_vision_config("vit", image_size=32))
+    text = AutoModelForCausalLM.from_config(tiny_text_config("llama", vocab_size=len(tokenizer)))
+    save_backbone(vision, root / "vision", image_processor=tiny_image_processor(32))
+    save_backbone(text, root / "text", tokenizer=tokenizer)
+    return root
