@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import run_isolated, xray
+from helpers import hub_cache, run_isolated, xray
 from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
 from training.sandbox.tiny import (
     build_tiny_model,
@@ -85,14 +85,7 @@ def test_round_trip_in_fresh_process_from_local_folder(tmp_path, tokenizer):
 @pytest.mark.slow  # a fresh Python process loads torch and transformers again
 def test_round_trip_in_fresh_process_from_hub_cache_layout(tmp_path, tokenizer):
     folder = _save_model(tmp_path, tokenizer)
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--rrg-org--rrg-tiny"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in folder.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    hub_cache(tmp_path, folder, repo_id="rrg-org/rrg-tiny")
     out = run_isolated(
         LOAD_AND_COMPARE.format(name="rrg-org/rrg-tiny", batch=str(tmp_path / "batch.pt"),
                                 logits=str(tmp_path / "logits.pt")),
