@@ -54,6 +54,16 @@ def test_demo_help(installed):
     assert "--output-dir" in _run([str(installed["bin"] / "rrg"), "demo", "--help"], cwd=installed["root"])
 
 
+
+def test_data_generates_the_same_benchmark(installed, tmp_path):
+    # the report phrases are a data file (training/sandbox/synthetic/phrases.json): the wheel must ship it
+    from training.sandbox.synthetic import generate_synthetic_dataset
+
+    args = ["--num-train", "3", "--num-val", "1", "--num-test", "1", "--image-size", "32", "--seed", "5"]
+    _run([str(installed["bin"] / "rrg"), "data", "--out", str(tmp_path / "wheel"), *args], cwd=tmp_path)
+    here = generate_synthetic_dataset(tmp_path / "here", num_train=3, num_val=1, num_test=1, image_size=32, seed=5)
+    assert (tmp_path / "wheel" / "annotation.json").read_bytes() == (here / "annotation.json").read_bytes()
+
 def test_export_of_a_trained_folder(installed, tokenizer, tmp_path):
     run = make_full_run(tmp_path / "run", tokenizer)
     out = tmp_path / "hub"
