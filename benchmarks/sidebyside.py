@@ -116,13 +116,20 @@ def _collators(processor, cache):
 def _time_rounds(trainers: dict, rounds: int) -> dict:
     """Alternate the trainers within each round; per trainer, the median step of each round (first step dropped)."""
     per_round = {name: [] for name in trainers}
-    for _ in range(rounds):
-        for name, (trainer, timer) in trainers.items():
+    for round_index in range(rounds):
+        for name in _rotated(list(trainers), round_index):
+            trainer, timer = trainers[name]
             timer.times.clear()
             trainer.train()
             steps = timer.times[1:] or timer.times
             per_round[name].append(statistics.median(steps))
     return per_round
+
+
+def _rotated(names: list, round_index: int) -> list:
+    """The run order of one round: rotated by one each round, so no variant always runs first or right after another."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
 
 
 def _ratios(a: list[float], b: list[float], invert: bool = False) -> dict:
@@ -187,8 +194,8 @@ def _lora(model):
 def _memory(shape_name: str, stage: int, rows_dir: str, smoke: bool, rounds: int) -> dict:
     """Peak step memory of each model, alternating fresh subprocesses; ratios rrg / LLaVA per round."""
     results = {"rrg": [], "llava": []}
-    for _ in range(rounds):
-        for kind in ("rrg", "llava"):
+    for round_index in range(rounds):
+        for kind in _rotated(["rrg", "llava"], round_index):
             cmd = [sys.executable, __file__, "--memory-worker", kind, "--shapes", shape_name, "--stage", str(stage),
                    "--rows-dir", rows_dir] + (["--smoke"] if smoke else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -216,8 +223,8 @@ def _generation(rrg, llava, processor, rows, rounds: int, new_tokens: int) -> di
         ttft = {"rrg": [], "llava": []}
         for name in models:  # warm-up
             models[name].generate(**inputs[name], **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})
-        for _ in range(rounds):
-            for name in models:
+        for round_index in range(rounds):
+            for name in _rotated(list(models), round_index):
                 start = time.perf_counter()
                 models[name].generate(**inputs[name], do_sample=False, max_new_tokens=1)
                 ttft[name].append(time.perf_counter() - start)
