@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import loss_and_grads, stage1_trainable, study_rows, train_recipe, train_run, varied_reports, weights
-from training.sft.train import RRGDataCollator, parse_args
+from training.sft.train import RRGDataCollator, add_length_column, parse_args
 
 
 def _rows(tmp_path, count=6, seed=0):
@@ -161,7 +161,8 @@ def test_trl_packing_is_a_clear_error(workspace, tmp_path):
 
 @pytest.mark.slow  # three short training runs (the stage1 fixture is the fourth)
 def test_padding_free_training_ends_on_the_same_weights(workspace, stage1, tmp_path):
-    """Stage 1 and stage 2 (LoRA), padding-free vs padded, same seed and data order: the same weights and losses."""
+    """Stage 1 and stage 2 (LoRA), padding-free vs padded, same seed and data order: the same weights and losses.
+    Also runs stage 2 with length-grouped batches through the recipe field (same order in both runs)."""
     stage1_packed = train_run(train_recipe(workspace, tmp_path / "s1", max_steps=6, padding_free=True))
     assert json.loads((stage1_packed / "rrg_training.json").read_text())["recipe"]["training"]["padding_free"]
     padded, packed = weights(stage1 / "model"), weights(stage1_packed)
@@ -170,7 +171,7 @@ def test_padding_free_training_ends_on_the_same_weights(workspace, stage1, tmp_p
         torch.testing.assert_close(packed[name], padded[name], rtol=1e-5, atol=1e-5, msg=name)
 
     stage2 = dict(stage=2, model_name_or_path=str(stage1 / "model"), use_peft=True, lora_r=4, lora_dropout=0.0,
-                  max_steps=4)
+                  max_steps=4, train_sampling_strategy="group_by_length")
     runs = {pf: train_run(train_recipe(workspace, tmp_path / f"s2_{pf}", padding_free=pf, **stage2))
             for pf in (False, True)}
     from safetensors.torch import load_file
@@ -180,8 +181,72 @@ def test_padding_free_training_ends_on_the_same_weights(workspace, stage1, tmp_p
     for name in adapters[False]:
         torch.testing.assert_close(adapters[True][name], adapters[False][name], rtol=1e-5, atol=1e-5, msg=name)
     summaries = {pf: json.loads((folder / "rrg_training.json").read_text()) for pf, folder in runs.items()}
+    assert summaries[True]["recipe"]["training"]["train_sampling_strategy"] == "group_by_length"
     assert summaries[True]["train_loss"] == pytest.approx(summaries[False]["train_loss"], rel=1e-5)
     assert summaries[True]["eval"]["eval_loss"] == pytest.approx(summaries[False]["eval"]["eval_loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ length grouping
+def test_length_column_is_each_studys_token_count(tiny, tmp_path):
+    from datasets import Dataset
+
+    _, processor = tiny
+    rows = _rows(tmp_path)
+    collator = RRGDataCollator(processor, max_length=60)
+    dataset = add_length_column(Dataset.from_list(rows), collator, batch_size=4)
+    assert dataset["length"] == collator(rows)["attention_mask"].sum(dim=1).tolist()
+    assert max(dataset["length"]) == 60  # truncated as the collator truncates
+    again = add_length_column(dataset, collator)  # an existing column is replaced, not duplicated
+    assert again["length"] == dataset["length"]
+
+
+def _epoch(model, processor, rows, strategy, tmp_path):
+    """One epoch of the Trainer's training dataloader: the studies of each batch and its padding tokens."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    collator = RRGDataCollator(processor)
+    dataset = add_length_column(Dataset.from_list(rows), collator)
+    seen = []
+
+    def recording(batch_rows):
+        seen.append([row["id"] for row in batch_rows])
+        return collator(batch_rows)
+
+    args = SFTConfig(output_dir=str(tmp_path / strategy), per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                     remove_unused_columns=False, max_length=None, dataset_kwargs={"skip_prepare_dataset": True},
+                     train_sampling_strategy=strategy, seed=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                         data_collator=recording)
+    batches = list(trainer.get_train_dataloader())
+    return seen, batches
+
+
+def test_group_by_length_pads_less_and_leaves_every_study_loss_unchanged(tiny, tmp_path):
+    model, processor = tiny
+    # transformers sorts by length within mega-batches of min(50, len // (4 * batch)) batches: 64 studies in
+    # batches of 4 give mega-batches of 16 studies (with fewer than 32 studies there is no grouping at all).
+    rows = _rows(tmp_path, count=64)
+    by_id = {row["id"]: row for row in rows}
+    model.eval()
+    with torch.no_grad():
+        alone = {i: _token_losses(model, RRGDataCollator(processor)([row]))[0] for i, row in by_id.items()}
+    padding, epoch_loss = {}, {}
+    for strategy in ("random", "group_by_length"):
+        ids, batches = _epoch(model, processor, rows, strategy, tmp_path)
+        assert sorted(i for batch in ids for i in batch) == sorted(by_id)  # every study once per epoch
+        padding[strategy] = sum(int((batch["attention_mask"] == 0).sum()) for batch in batches)
+        model.eval()
+        epoch_loss[strategy] = 0.0
+        with torch.no_grad():
+            for batch_ids, batch in zip(ids, batches):
+                losses = _token_losses(model, batch)
+                epoch_loss[strategy] += float(losses.sum())
+                for study, loss in zip(batch_ids, losses):
+                    torch.testing.assert_close(loss, alone[study], rtol=1e-5, atol=1e-5)
+    assert padding["group_by_length"] < padding["random"], padding
+    assert epoch_loss["group_by_length"] == pytest.approx(epoch_loss["random"], rel=1e-6)
+    assert epoch_loss["random"] == pytest.approx(float(sum(alone.values())), rel=1e-6)
 
 
 def test_packed_per_study_losses_equal_each_study_alone(tiny, tmp_path):

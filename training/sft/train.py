@@ -42,6 +42,7 @@ __all__ = [
     "RRGScriptArguments",
     "RRGDataCollator",
     "pack_studies",
+    "add_length_column",
     "load_recipe_splits",
     "train",
     "parse_args",
@@ -156,10 +157,11 @@ class RRGDataCollator:
         self.padding_free = padding_free
         self.dropped_views = 0
 
-    def _views(self, row) -> list:
+    def _views(self, row, count_dropped: bool = True) -> list:
         views = list(row["image_path"])
         if len(views) > self.processor.max_views:
-            self.dropped_views += len(views) - self.processor.max_views
+            if count_dropped:
+                self.dropped_views += len(views) - self.processor.max_views
             views = views[: self.processor.max_views]
         return views
 
@@ -181,6 +183,13 @@ class RRGDataCollator:
         batch = dict(batch)
         return pack_studies(batch) if self.padding_free else batch
 
+    def study_lengths(self, rows: dict) -> list[int]:
+        """Tokens each study takes in a batch (prompt with its image tokens, report, EOS; truncated as in `__call__`),
+        from the tokenizer alone: `rows` is a column dict (`image_path`, `report`), as `Dataset.iter` yields."""
+        num_views = [len(self._views({"image_path": paths}, count_dropped=False)) for paths in rows["image_path"]]
+        batch = self.processor(num_views=num_views, **self._text(list(rows["report"])))
+        return batch["attention_mask"].sum(dim=1).tolist()
+
 
 def pack_studies(batch: dict) -> dict:
     """A right-padded batch as one row of its studies back to back (see `RRGDataCollator(padding_free=True)`)."""
@@ -196,6 +205,17 @@ def pack_studies(batch: dict) -> dict:
         labels[0, torch.cumsum(lengths, 0) - lengths] = -100
         packed["labels"] = labels
     return packed
+
+
+def add_length_column(dataset, collator: RRGDataCollator, column: str = "length", batch_size: int = 1024):
+    """`dataset` with `column` holding each study's token count ([`RRGDataCollator.study_lengths`]), what
+    transformers' length-grouped sampler (`train_sampling_strategy: group_by_length`) sorts by."""
+    if column in dataset.column_names:
+        logger.warning("Replacing the dataset's %r column with the studies' token counts (length_column_name).", column)
+        dataset = dataset.remove_columns(column)
+    lengths = [n for rows in dataset.select_columns(["image_path", "report"]).iter(batch_size=batch_size)
+               for n in collator.study_lengths(rows)]
+    return dataset.add_column(column, lengths)
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -309,6 +329,11 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     # The prompt (instruction included) comes from the processor, which is saved with the model: train = serve.
     collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache,
                                padding_free=padding_free)
+    if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+        # transformers' samplers read the lengths from this column; rows hold image paths and text, not input_ids.
+        column = training_args.length_column_name
+        train_dataset = add_length_column(train_dataset, collator, column)
+        eval_dataset = add_length_column(eval_dataset, collator, column) if eval_dataset is not None else None
     trainer_cls = distributed.trainer_class(SFTTrainer, training_args)
     training_args.padding_free = False  # trl's own padding-free refuses custom collators; ours packs (above)
     try:
