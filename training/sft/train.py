@@ -201,7 +201,7 @@ def pack_studies(batch: dict) -> dict:
     if "labels" in batch:
         labels = batch["labels"][keep][None]
         # The loss shifts labels by one, so each study's first label is what the previous study's last token would be
-        # scored on: it is a prompt token (-100) already; kept so even if a prompt ever carried a label.
+        # scored on. It is a prompt token (-100) already; masked here anyway, so no label ever crosses a study boundary.
         labels[0, torch.cumsum(lengths, 0) - lengths] = -100
         packed["labels"] = labels
     return packed
