@@ -56,6 +56,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/run.py --output benchmarks/results/self.md
 	$(PY) benchmarks/sidebyside.py --json benchmarks/results/sidebyside.json --plot benchmarks/results/sidebyside.png
 	$(PY) benchmarks/epoch.py --json benchmarks/results/epoch.json
+	$(PY) benchmarks/padding.py --batch-size 8 --studies 256 --rounds 3 --json benchmarks/results/padding.json
 	$(VENV)/bin/rrg plan --config training/sft/recipes/paper_stage2.yaml --json benchmarks/results/plan_paper.json
 
 clean:

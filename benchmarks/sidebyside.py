@@ -372,11 +372,16 @@ def plot(results: list[dict], path: Path) -> Path:
     return path
 
 
-def main(argv=None) -> int:
+def _quiet_logging() -> None:
+    """Offline Hub, this benchmark's progress at INFO, the libraries' chatter only from ERROR up."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("transformers", "trl", "accelerate", "datasets", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv=None) -> int:
+    _quiet_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--rounds", type=int, default=3)

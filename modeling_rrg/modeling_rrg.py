@@ -40,6 +40,7 @@ __all__ = [
     "RRGMultiModalProjector",
     "RRGModelOutputWithPast",
     "RRGCausalLMOutputWithPast",
+    "check_packed_attention",
 ]
 
 
@@ -96,6 +97,45 @@ def _pop_cache(cache, kwargs: dict, owner: str):
             stacklevel=3,
         )
     return cache if cache is not None else legacy
+
+
+# Attention implementations that keep the studies of a packed row apart (see `RRGModel.forward`), read from
+# transformers' `masking_utils` and `modeling_flash_attention_utils`: for sdpa, eager and flex attention,
+# `create_causal_mask` finds the packed studies in `position_ids` (when there is no 2D attention mask and no cache) and
+# builds a block-diagonal causal mask; flash attention builds no mask but splits the row by `position_ids` itself
+# (`_is_packed_sequence`), for a single row only.
+PACKED_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
+PACKED_FLASH_ATTENTION_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def check_packed_attention(config, rows: int = 1) -> None:
+    """Raise unless the language model's attention keeps the studies of `rows` packed rows apart."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    implementation = getattr(text_config, "_attn_implementation", None) or "eager"
+    if implementation in PACKED_ATTENTION_IMPLEMENTATIONS:
+        return
+    if implementation in PACKED_FLASH_ATTENTION_IMPLEMENTATIONS:
+        if rows == 1:
+            return
+        raise ValueError(
+            f"{implementation} separates packed studies only in a single row; got {rows} packed rows. Pack the batch "
+            "into one row (RRGDataCollator(padding_free=True) does)."
+        )
+    raise ValueError(
+        f"Packed (padding-free) batches need an attention implementation that keeps the studies of a row apart; the "
+        f"language model uses {implementation!r}, which transformers does not give a block-diagonal mask from "
+        f"position_ids. Use one of {', '.join(PACKED_ATTENTION_IMPLEMENTATIONS + PACKED_FLASH_ATTENTION_IMPLEMENTATIONS)}"
+        " or padded batches."
+    )
+
+
+def _packed_study_index(position_ids: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The study each token of packed rows belongs to, numbered across rows: a study starts at each row's first token
+    and wherever the position does not follow the previous one (transformers' `find_packed_sequence_indices` rule)."""
+    position_ids = position_ids.expand(shape)
+    starts = torch.ones(shape, dtype=torch.long, device=position_ids.device)
+    starts[:, 1:] = (torch.diff(position_ids, dim=-1) != 1).long()
+    return starts.flatten().cumsum(0).view(shape) - 1
 
 
 def _set_only(**kwargs) -> dict:
@@ -357,11 +397,15 @@ class RRGModel(RRGPreTrainedModel):
         image_embeds: torch.Tensor,
         num_images_per_sample: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Boolean `(batch, seq_len)` mask of the image-token positions, found in `input_ids` or, without them, as the
         positions of `inputs_embeds` equal to the image token's embedding (as transformers' LLaVA does). Raises when
         a sample's tokens and its views' features do not match.
+
+        With images for more studies than there are rows (packed rows, several studies each), the studies are told
+        apart by `position_ids` restarting, and the check is per study.
         """
         if input_ids is not None:
             mask = input_ids == self.config.image_token_id
@@ -369,21 +413,48 @@ class RRGModel(RRGPreTrainedModel):
             token = torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
             mask = (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
         tokens_per_view = image_embeds.shape[1]
-        per_sample = mask.sum(dim=1)
-        expected = num_images_per_sample.to(per_sample.device) * tokens_per_view
+        expected = num_images_per_sample.to(mask.device) * tokens_per_view
+        unit = "sample"
+        if expected.numel() > mask.shape[0] and position_ids is not None:
+            unit = "study"
+            study = _packed_study_index(position_ids.to(mask.device), mask.shape)
+            if int(study[-1, -1]) + 1 != expected.numel():
+                raise ValueError(
+                    f"Got images for {expected.numel()} studies but the position_ids of the packed rows mark "
+                    f"{int(study[-1, -1]) + 1} (a study starts where its positions restart at 0)."
+                )
+            per_sample = torch.zeros_like(expected).index_add_(0, study[mask], torch.ones_like(study[mask]))
+        else:
+            per_sample = mask.sum(dim=1)
         if per_sample.shape != expected.shape:
+            packed_hint = (
+                " Rows packing several studies need position_ids restarting at 0 at each study."
+                if expected.numel() > per_sample.numel() else ""
+            )
             raise ValueError(
-                f"Got images for {expected.numel()} samples but the text has {per_sample.numel()} rows."
+                f"Got images for {expected.numel()} samples but the text has {per_sample.numel()} rows.{packed_hint}"
             )
         if not torch.equal(per_sample, expected):
             bad = int(torch.nonzero(per_sample != expected)[0, 0])
             raise ValueError(
-                "Image features and image tokens do not match: sample "
+                f"Image features and image tokens do not match: {unit} "
                 f"{bad} has {int(per_sample[bad])} image tokens but {int(num_images_per_sample[bad])} view(s) x "
                 f"{tokens_per_view} soft visual prompt tokens = {int(expected[bad])} features. Build the inputs with "
                 "RRGProcessor, which expands one image placeholder per view to config.image_seq_length tokens."
             )
         return mask
+
+    def _check_packed(self, attention_mask, cache, use_cache, rows: int) -> bool:
+        """Refuse what would let the studies of a packed row attend to each other; returns `use_cache` (off)."""
+        if attention_mask is not None:
+            raise ValueError(
+                "Packed rows (images for more studies than rows) take no attention_mask: transformers builds the "
+                "block-diagonal causal mask from position_ids only when attention_mask is None."
+            )
+        if cache is not None or use_cache:
+            raise ValueError("Packed rows are for training and scoring; they take no key/value cache (use_cache=False).")
+        check_packed_attention(self.config, rows)
+        return False  # an empty cache created by the language model would also switch the packed mask off
 
     def forward(
         self,
@@ -414,6 +485,12 @@ class RRGModel(RRGPreTrainedModel):
             attention_mask, position_ids, cache, use_cache, output_attentions,
             output_hidden_states: as for the underlying language model. The cache may also be passed as
             `past_key_values`, its name before transformers 5.24.
+
+        Packed (padding-free) rows: `input_ids` of shape `(rows, seq_len)` may hold several whole studies each, one
+        after another, when the images are given per study (`pixel_values` / `image_features` / `num_views` with one
+        entry per study, in row order) and `position_ids` restart at 0 at each study, with no `attention_mask` and no
+        cache. The language model then attends within each study only (a block-diagonal causal mask, see
+        `PACKED_ATTENTION_IMPLEMENTATIONS`), so every study gets the logits it gets alone.
         """
         cache = _pop_cache(cache, kwargs, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
@@ -430,11 +507,17 @@ class RRGModel(RRGPreTrainedModel):
         image_outputs = None
         if pixel_values is not None or image_features is not None:
             selected, valid = self._select_views(pixel_values, num_views, image_features)
+            packed = valid.shape[0] > inputs_embeds.shape[0] and position_ids is not None
+            if packed:
+                use_cache = self._check_packed(attention_mask, cache, use_cache, inputs_embeds.shape[0])
             image_outputs = self._image_outputs(
                 selected, pixel_values is not None, output_hidden_states, output_attentions
             )
             image_embeds = image_outputs.pooler_output
-            mask = self.get_placeholder_mask(input_ids, image_embeds, valid.sum(dim=1), inputs_embeds=inputs_embeds)
+            mask = self.get_placeholder_mask(
+                input_ids, image_embeds, valid.sum(dim=1), inputs_embeds=inputs_embeds,
+                position_ids=position_ids if packed else None,
+            )
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask.unsqueeze(-1).to(inputs_embeds.device),
                 image_embeds.to(inputs_embeds.device, inputs_embeds.dtype),

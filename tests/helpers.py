@@ -50,6 +50,48 @@ def run_isolated(code: str, cwd, env_extra=None, timeout=600) -> str:
     return proc.stdout
 
 
+def study_rows(folder, reports: list[str], views: int = 2, seed: int = 0, size: int = 40) -> list[dict]:
+    """Dataset rows (`id`, `image_path` list of PNG views, `report`), one per report, images written to `folder`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, report in enumerate(reports):
+        paths = []
+        for v in range(views):
+            path = folder / f"s{i}_{v}.png"
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(path)
+            paths.append(str(path))
+        rows.append({"id": str(i), "image_path": paths, "report": report})
+    return rows
+
+
+def varied_reports(count: int, seed: int = 0) -> list[str]:
+    """Reports of lognormally spread lengths (a few words to a few dozen), like real findings sections."""
+    rng = np.random.default_rng(seed)
+    words = "the heart size is normal lungs are clear no pleural effusion or pneumothorax mild cardiomegaly".split()
+    lengths = np.clip(rng.lognormal(mean=2.5, sigma=0.7, size=count).astype(int), 2, 80)
+    return [" ".join(words[j] for j in rng.integers(0, len(words), n)) + "." for n in lengths]
+
+
+def stage1_trainable(model):
+    """Stage 1's set-up on a model: everything frozen but the projector, training mode."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    model.train()
+    return model
+
+
+def loss_and_grads(model, batch):
+    """The model's loss on `batch` and the gradients of its trainable parameters (by name)."""
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 # ------------------------------------------------------------------------------------------------- training recipes
 def train_recipe(workspace, out, **overrides):
     """Write a tiny CPU training recipe (see the `workspace` fixture) next to `out`; fields override the defaults."""

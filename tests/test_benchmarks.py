@@ -40,3 +40,15 @@ def test_epoch_benchmark_smallest(tmp_path):
     result = json.loads((tmp_path / "e.json").read_text())
     assert len(result["epoch_s_no_cache"]) == len(result["epoch_s_cache"]) == 2
     assert "| 2 |" in out
+
+
+@pytest.mark.slow
+def test_padding_benchmark_smallest(tmp_path):
+    out = _run(["benchmarks/padding.py", "--smoke", "--rounds", "1", "--json", str(tmp_path / "p.json")], tmp_path)
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert list(result["variants"]) == ["random", "group_by_length", "padding_free"]
+    assert result["variants"]["padding_free"]["padding_fraction"] == 0.0
+    for variant in result["variants"].values():
+        ratio = variant["ratio_to_random"]
+        assert ratio["min"] <= ratio["median"] <= ratio["max"] and len(variant["step_s"]) == 1
+    assert "| padding_free | 0.0% |" in out

@@ -1,45 +1,24 @@
 """Where rrg does less work than a plain LLaVA + SFTTrainer setup, the results must stay the same."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from helpers import loss_and_grads, stage1_trainable, study_rows
 
 
 def _batch(processor, tmp_path, n=2, views=2, seed=0):
     from training.sft.train import RRGDataCollator
 
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        paths = []
-        for v in range(views):
-            path = tmp_path / f"s{i}_{v}.png"
-            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
-            paths.append(str(path))
-        rows.append({"id": str(i), "image_path": paths, "report": "The heart size is normal. No pleural effusion." * (i + 1)})
+    reports = ["The heart size is normal. No pleural effusion." * (i + 1) for i in range(n)]
+    rows = study_rows(tmp_path, reports, views=views, seed=seed)
     return rows, RRGDataCollator(processor)(rows)
-
-
-def _stage1(model):
-    model.requires_grad_(False)
-    model.model.multi_modal_projector.requires_grad_(True)
-    model.train()
-    return model
-
-
-def _loss_and_projector_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.model.multi_modal_projector.named_parameters()}
 
 
 def test_frozen_encoder_keeps_no_autograd_graph_and_the_same_loss(tiny, tmp_path):
     model, processor = tiny
     _, batch = _batch(processor, tmp_path)
-    _stage1(model)
-    reference_loss, reference_grads = _loss_and_projector_grads(model, batch)
+    stage1_trainable(model)
+    reference_loss, reference_grads = loss_and_grads(model, batch)
 
     # What peft / trl do with gradient checkpointing: every sub-model's input embeddings output requires grad,
     # including the ViT's patch embeddings.
@@ -47,7 +26,7 @@ def test_frozen_encoder_keeps_no_autograd_graph_and_the_same_loss(tiny, tmp_path
     seen = {}
     hook = model.model.vision_tower.register_forward_hook(
         lambda module, args, output: seen.update(grad=output.last_hidden_state.requires_grad) or None)
-    loss, grads = _loss_and_projector_grads(model, batch)
+    loss, grads = loss_and_grads(model, batch)
     hook.remove()
     assert seen["grad"] is False  # no activations kept, no encoder backward
     torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
@@ -58,7 +37,7 @@ def test_frozen_encoder_keeps_no_autograd_graph_and_the_same_loss(tiny, tmp_path
 def test_trainable_encoder_still_gets_gradients(tiny, tmp_path):
     model, processor = tiny
     _, batch = _batch(processor, tmp_path)
-    _stage1(model)
+    stage1_trainable(model)
     model.model.vision_tower.requires_grad_(True)
     model(**batch).loss.backward()
     # The patch embeddings are the first thing the gradient has to reach (the pooler and final norm are unused).
@@ -76,7 +55,7 @@ def test_sft_trainer_takes_the_fused_lm_head_path_with_rrg(tiny, tmp_path, peft)
 
     model, processor = tiny
     rows, batch = _batch(processor, tmp_path)
-    _stage1(model)
+    stage1_trainable(model)
     with torch.no_grad():
         reference = model(**batch).loss  # the model's own loss over full logits
     peft_config = None

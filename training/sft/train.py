@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "RRGScriptArguments",
     "RRGDataCollator",
+    "pack_studies",
+    "add_length_column",
     "load_recipe_splits",
     "train",
     "parse_args",
@@ -135,9 +137,14 @@ class RRGDataCollator:
         feature_cache ([`FeatureCache`], *optional*): Use cached features.
         image_loader (`callable`, *optional*): Path -> PIL image (defaults to `training.data.images.load_image`).
         instruction (`str`, *optional*): Instruction override.
+        padding_free (`bool`, *optional*): Concatenate the batch's studies into one row without padding:
+            `position_ids` restart at 0 at each study and there is no `attention_mask`, so transformers' masking
+            gives each study its own causal block (see `RRGModel.forward`); images stay one entry per study.
+            `max_length` still applies per study.
     """
 
-    def __init__(self, processor, max_length=None, feature_cache=None, image_loader=None, instruction=None):
+    def __init__(self, processor, max_length=None, feature_cache=None, image_loader=None, instruction=None,
+                 padding_free=False):
         if image_loader is None:
             from ..data.images import load_image
 
@@ -147,20 +154,25 @@ class RRGDataCollator:
         self.feature_cache = feature_cache
         self.image_loader = image_loader
         self.instruction = instruction
+        self.padding_free = padding_free
         self.dropped_views = 0
 
-    def _views(self, row) -> list:
+    def _views(self, row, count_dropped: bool = True) -> list:
         views = list(row["image_path"])
         if len(views) > self.processor.max_views:
-            self.dropped_views += len(views) - self.processor.max_views
+            if count_dropped:
+                self.dropped_views += len(views) - self.processor.max_views
             views = views[: self.processor.max_views]
         return views
 
+    def _text(self, reports) -> dict:
+        """The processor arguments that shape a study's tokens (what `study_lengths` must see too)."""
+        return dict(report=reports, instruction=self.instruction, max_length=self.max_length,
+                    truncation=self.max_length is not None, padding_side="right")
+
     def __call__(self, rows: list[dict]) -> dict:
         studies = [self._views(row) for row in rows]
-        reports = [row["report"] for row in rows]
-        common = dict(report=reports, instruction=self.instruction, max_length=self.max_length,
-                      truncation=self.max_length is not None, padding_side="right")
+        common = self._text([row["report"] for row in rows])
         if self.feature_cache is not None:
             features, num_views = self.feature_cache.load_studies(studies)
             batch = self.processor(num_views=num_views, **common)
@@ -168,7 +180,42 @@ class RRGDataCollator:
         else:
             images = [[self.image_loader(p) for p in views] for views in studies]
             batch = self.processor(images=images, **common)
-        return dict(batch)
+        batch = dict(batch)
+        return pack_studies(batch) if self.padding_free else batch
+
+    def study_lengths(self, rows: dict) -> list[int]:
+        """Tokens each study takes in a batch (prompt with its image tokens, report, EOS; truncated as in `__call__`),
+        from the tokenizer alone: `rows` is a column dict (`image_path`, `report`), as `Dataset.iter` yields."""
+        num_views = [len(self._views({"image_path": paths}, count_dropped=False)) for paths in rows["image_path"]]
+        batch = self.processor(num_views=num_views, **self._text(list(rows["report"])))
+        return batch["attention_mask"].sum(dim=1).tolist()
+
+
+def pack_studies(batch: dict) -> dict:
+    """A right-padded batch as one row of its studies back to back (see `RRGDataCollator(padding_free=True)`)."""
+    keep = batch.pop("attention_mask").bool()
+    lengths = keep.sum(dim=1)
+    packed = {key: value for key, value in batch.items() if key not in ("input_ids", "labels")}
+    packed["input_ids"] = batch["input_ids"][keep][None]
+    packed["position_ids"] = torch.cat([torch.arange(int(n)) for n in lengths])[None]
+    if "labels" in batch:
+        labels = batch["labels"][keep][None]
+        # The loss shifts labels by one, so each study's first label is what the previous study's last token would be
+        # scored on. It is a prompt token (-100) already; masked here anyway, so no label ever crosses a study boundary.
+        labels[0, torch.cumsum(lengths, 0) - lengths] = -100
+        packed["labels"] = labels
+    return packed
+
+
+def add_length_column(dataset, collator: RRGDataCollator, column: str = "length", batch_size: int = 1024):
+    """`dataset` with `column` holding each study's token count ([`RRGDataCollator.study_lengths`]), what
+    transformers' length-grouped sampler (`train_sampling_strategy: group_by_length`) sorts by."""
+    if column in dataset.column_names:
+        logger.warning("Replacing the dataset's %r column with the studies' token counts (length_column_name).", column)
+        dataset = dataset.remove_columns(column)
+    lengths = [n for rows in dataset.select_columns(["image_path", "report"]).iter(batch_size=batch_size)
+               for n in collator.study_lengths(rows)]
+    return dataset.add_column(column, lengths)
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -278,12 +325,23 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
 
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    padding_free = _padding_free(training_args, model)
     # The prompt (instruction included) comes from the processor, which is saved with the model: train = serve.
-    collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache)
+    collator = RRGDataCollator(processor, max_length=training_args.max_length, feature_cache=cache,
+                               padding_free=padding_free)
+    if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+        # transformers' samplers read the lengths from this column; rows hold image paths and text, not input_ids.
+        column = training_args.length_column_name
+        train_dataset = add_length_column(train_dataset, collator, column)
+        eval_dataset = add_length_column(eval_dataset, collator, column) if eval_dataset is not None else None
     trainer_cls = distributed.trainer_class(SFTTrainer, training_args)
-    trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=processor, data_collator=collator, peft_config=peft_config,
-                          callbacks=[LogOnSaveCallback()])
+    training_args.padding_free = False  # trl's own padding-free refuses custom collators; ours packs (above)
+    try:
+        trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset,
+                              eval_dataset=eval_dataset, processing_class=processor, data_collator=collator,
+                              peft_config=peft_config, callbacks=[LogOnSaveCallback()])
+    finally:
+        training_args.padding_free = padding_free  # recorded as asked in the run summary
     counts = count_parameters(trainer.model)
     logger.info(
         "Stage %d: %s trainable parameters, %s frozen (%s).", args.stage, f"{counts['trainable_parameters']:,}",
@@ -333,6 +391,21 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
         logger.info("Stage %d done: %s", args.stage, final)
     state.wait_for_everyone()
     return final or Path(training_args.output_dir) / "model"
+
+
+def _padding_free(training_args, model) -> bool:
+    """SFTConfig's `padding_free`, done by rrg's collator (whole studies per row); trl's `packing` cuts tokenized
+    text into fixed-length rows, which the image tokens of a study do not survive: an error."""
+    if training_args.packing or training_args.eval_packing:
+        raise ValueError(
+            "packing / eval_packing (trl's, which cuts tokenized text into rows of max_length) cannot split studies "
+            "with images; use padding_free: true, which packs whole studies into one row per batch."
+        )
+    if training_args.padding_free:
+        from modeling_rrg.modeling_rrg import check_packed_attention
+
+        check_packed_attention(model.config, rows=1)
+    return bool(training_args.padding_free)
 
 
 # Fields that do not change what a run computes: they may differ between a run and its resume.
