@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-__all__ = ["Shape", "SHAPES", "build_pair", "check_equal_logits", "llava_batch", "make_rows", "flops_per_sample"]
+__all__ = ["Shape", "SHAPES", "build_pair", "build_rrg", "backbone_configs", "check_equal_logits", "llava_batch", "make_rows", "flops_per_sample"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,13 @@ SHAPES = {
 }
 
 
-def _configs(shape: Shape, image_token_id: int):
+def backbone_configs(shape: Shape) -> tuple[dict, dict]:
+    """The shape's ViT and LLaMA configs as dicts (what `rrg plan`'s FLOP count reads)."""
+    vision, text = _configs(shape)
+    return vision.to_dict(), text.to_dict()
+
+
+def _configs(shape: Shape):
     from transformers import LlamaConfig, ViTConfig
 
     vision = ViTConfig(image_size=shape.image_size, patch_size=shape.patch_size, hidden_size=shape.vision_hidden,
@@ -74,14 +80,9 @@ def _configs(shape: Shape, image_token_id: int):
     return vision, text
 
 
-def build_pair(shape: Shape, tokenizer=None, seed: int = 0):
-    """
-    `(rrg_model, llava_model, processor)` with identical weights. The processor is rrg's (the single source of prompt
-    formatting); LLaVA gets the same token ids through [`llava_batch`].
-    """
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    from modeling_rrg import RRGConfig, RRGForConditionalGeneration, RRGProcessor
+def _rrg_parts(shape: Shape, tokenizer=None):
+    """`(vision_config, text_config, rrg_config, processor, tokenizer)` of a shape: what rrg is built from."""
+    from modeling_rrg import RRGConfig, RRGProcessor
     from training.sandbox.tiny import IMAGE_TOKEN, tiny_image_processor, train_bpe_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else train_bpe_tokenizer(vocab_size=min(shape.vocab_size, 600))
@@ -89,28 +90,55 @@ def build_pair(shape: Shape, tokenizer=None, seed: int = 0):
     if len(tokenizer) > shape.vocab_size:
         raise ValueError(f"Shape {shape.name} has a {shape.vocab_size}-token vocabulary, smaller than the tokenizer's "
                          f"{len(tokenizer)}.")
-    vision, text = _configs(shape, image_token_id)
-    tokens_per_view = shape.num_visual_tokens or shape.patches
-    llava_config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                               projector_hidden_act="gelu", vision_feature_select_strategy="default",
-                               vision_feature_layer=-1, image_seq_length=tokens_per_view,
-                               multimodal_projector_bias=True)
-    torch.manual_seed(seed)
-    llava = LlavaForConditionalGeneration(llava_config)
+    vision, text = _configs(shape)
     rrg_config = RRGConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=image_token_id,
                            projector_type="mlp2x_gelu", projector_bias=True, vision_feature_layer=-1,
                            vision_feature_select_strategy="patch", max_views=shape.views,
                            num_visual_tokens=shape.num_visual_tokens)
+    processor = RRGProcessor(image_processor=tiny_image_processor(shape.image_size), tokenizer=tokenizer,
+                             image_seq_length=shape.num_visual_tokens or shape.patches, max_views=shape.views)
+    return vision, text, rrg_config, processor, tokenizer
+
+
+def _set_generation_tokens(model, tokenizer):
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
+def build_rrg(shape: Shape, tokenizer=None, seed: int = 0):
+    """`(rrg_model, processor)` alone, randomly initialised (benchmarks of rrg by itself need no LLaVA)."""
+    from modeling_rrg import RRGForConditionalGeneration
+
+    _, _, rrg_config, processor, tokenizer = _rrg_parts(shape, tokenizer)
+    torch.manual_seed(seed)
+    rrg = RRGForConditionalGeneration(rrg_config)
+    _set_generation_tokens(rrg, tokenizer)
+    return rrg, processor
+
+
+def build_pair(shape: Shape, tokenizer=None, seed: int = 0):
+    """
+    `(rrg_model, llava_model, processor)` with identical weights. The processor is rrg's (the single source of prompt
+    formatting); LLaVA gets the same token ids through [`llava_batch`].
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from modeling_rrg import RRGForConditionalGeneration
+
+    vision, text, rrg_config, processor, tokenizer = _rrg_parts(shape, tokenizer)
+    llava_config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=rrg_config.image_token_id,
+                               projector_hidden_act="gelu", vision_feature_select_strategy="default",
+                               vision_feature_layer=-1, image_seq_length=processor.image_seq_length,
+                               multimodal_projector_bias=True)
+    torch.manual_seed(seed)
+    llava = LlavaForConditionalGeneration(llava_config)
     rrg = RRGForConditionalGeneration(rrg_config)  # not on meta: non-persistent buffers (RoPE) are not in the state dict
     missing, unexpected = rrg.load_state_dict(llava.state_dict(), strict=False)
     if missing or unexpected:
         raise ValueError(f"LLaVA's weights do not map onto rrg: missing {missing}, unexpected {unexpected}.")
     for model in (rrg, llava):
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-    processor = RRGProcessor(image_processor=tiny_image_processor(shape.image_size), tokenizer=tokenizer,
-                             image_seq_length=tokens_per_view, max_views=shape.views)
+        _set_generation_tokens(model, tokenizer)
     return rrg, llava, processor
 
 
