@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import setup  # noqa: E402
 from peer import SHAPES, build_pair, make_rows  # noqa: E402
 from sidebyside import (  # noqa: E402
     _freeze_for_stage1,
     _lora,
-    _quiet_logging,
     _sft_config,
     _StepTimer,
     _time_rounds,
@@ -134,7 +134,7 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    _quiet_logging()
+    setup()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="demo", choices=list(SHAPES))
     parser.add_argument("--batch-size", type=int, default=8)

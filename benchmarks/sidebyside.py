@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import json_saver, save_figure, setup  # noqa: E402
 from peer import SHAPES, build_pair, check_equal_logits, flops_per_sample, llava_batch, make_rows  # noqa: E402
 
 logger = logging.getLogger("sidebyside")
@@ -160,16 +161,30 @@ def memory_worker(shape_name: str, kind: str, stage: int, rows_dir: str, smoke: 
     collator = plain if kind == "rrg" else (lambda r: llava_batch(plain(r)))
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _ = _trainer(model, collator, rows, shape, Path(tmp), 1, processor)
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
-        except OSError:
-            pass
-        before = _rss_kb("VmRSS")
-        trainer.train()
-        peak = _rss_kb("VmHWM")
+        return step_memory(trainer)
+
+
+def step_memory(trainer) -> dict:
+    """`trainer.train()` once; peak RSS above the RSS just before it (kB). Run it in a fresh process."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
+    except OSError:
+        pass
+    before = _rss_kb("VmRSS")
+    trainer.train()
+    peak = _rss_kb("VmHWM")
     return {"before_kb": before, "peak_kb": peak, "step_kb": peak - before}
+
+
+def run_worker(script: str, args: list[str]) -> dict:
+    """Run `script args` in a fresh Python process; its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory worker failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _stage_model(model, stage: int):
@@ -196,12 +211,9 @@ def _memory(shape_name: str, stage: int, rows_dir: str, smoke: bool, rounds: int
     results = {"rrg": [], "llava": []}
     for round_index in range(rounds):
         for kind in _rotated(["rrg", "llava"], round_index):
-            cmd = [sys.executable, __file__, "--memory-worker", kind, "--shapes", shape_name, "--stage", str(stage),
-                   "--rows-dir", rows_dir] + (["--smoke"] if smoke else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory worker failed: {proc.stderr[-2000:]}")
-            results[kind].append(json.loads(proc.stdout.strip().splitlines()[-1])["step_kb"] / 1024)
+            args = ["--memory-worker", kind, "--shapes", shape_name, "--stage", str(stage),
+                    "--rows-dir", rows_dir] + (["--smoke"] if smoke else [])
+            results[kind].append(run_worker(__file__, args)["step_kb"] / 1024)
     return _ratios(results["rrg"], results["llava"])
 
 
@@ -364,24 +376,11 @@ def plot(results: list[dict], path: Path) -> Path:
     ax.set_ylabel("rrg / LLaVA (min-median-max over rounds)")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _quiet_logging() -> None:
-    """Offline Hub, this benchmark's progress at INFO, the libraries' chatter only from ERROR up."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("transformers", "trl", "accelerate", "datasets", "peft"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:
-    _quiet_logging()
+    setup()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--rounds", type=int, default=3)
@@ -409,14 +408,12 @@ def main(argv=None) -> int:
         return 0
     torch.manual_seed(0)
     results = []
+    write = json_saver(args.json)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shapes:
             shape = SHAPES[name].smallest() if args.smoke else SHAPES[name]
             def save(partial, done=list(results)):  # noqa: B006 (a snapshot taken per shape, on purpose)
-                if args.json:  # after each part, so a long run on a loaded machine keeps what it measured
-                    from training.fileio import write_json_atomic
-
-                    write_json_atomic(Path(args.json), done + [partial])
+                write(done + [partial])
 
             results.append(run_shape(shape, Path(tmp) / name, args.rounds, args.steps, args.smoke, args.new_tokens,
                                      args.parts, save))
