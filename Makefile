@@ -57,6 +57,9 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/sidebyside.py --json benchmarks/results/sidebyside.json --plot benchmarks/results/sidebyside.png
 	$(PY) benchmarks/epoch.py --json benchmarks/results/epoch.json
 	$(PY) benchmarks/padding.py --batch-size 8 --studies 256 --rounds 3 --json benchmarks/results/padding.json
+	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json --plot benchmarks/results/scaling.png
+	$(PY) benchmarks/mfu.py --json benchmarks/results/mfu.json
+	$(PY) benchmarks/pooling.py --json benchmarks/results/pooling.json
 	$(VENV)/bin/rrg plan --config training/sft/recipes/paper_stage2.yaml --json benchmarks/results/plan_paper.json
 
 clean:

@@ -1,4 +1,4 @@
-"""Smoke test: each side-by-side / epoch benchmark runs at its smallest size (no timing assertions)."""
+"""Smoke tests: each benchmark (side by side, epoch, padding, scaling, MFU, pooling) runs at its smallest size (no timing assertions)."""
 
 import json
 import os
@@ -52,3 +52,45 @@ def test_padding_benchmark_smallest(tmp_path):
         ratio = variant["ratio_to_random"]
         assert ratio["min"] <= ratio["median"] <= ratio["max"] and len(variant["step_s"]) == 1
     assert "| padding_free | 0.0% |" in out
+
+
+@pytest.mark.slow
+def test_scaling_smallest(tmp_path):
+    out = _run(["benchmarks/scaling.py", "--smoke", "--steps", "2", "--json", str(tmp_path / "s.json"),
+                "--plot", str(tmp_path / "s.png")], tmp_path)
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert set(result["axes"]) == {"visual_tokens", "views", "report", "studies"}
+    for axis in ("visual_tokens", "views", "report"):
+        points = result["axes"][axis]
+        assert len(points) == 2
+        for point in points:
+            for key in ("step_s", "step_s_cached", "peak_step_mb", "train_flops_per_step", "sequence_length"):
+                assert point[key] > 0
+    assert [p["visual_tokens_per_view"] for p in result["axes"]["visual_tokens"]] == [4, 1]  # pooled 2x2 -> 1x1
+    assert [p["views"] for p in result["axes"]["views"]] == [1, 2]
+    for point in result["axes"]["studies"]:
+        assert len(point["epoch_s_no_cache"]) == len(point["epoch_s_cache"]) == 2
+    assert "### views per study" in out and (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_mfu_smallest(tmp_path):
+    out = _run(["benchmarks/mfu.py", "--smoke", "--steps", "2", "--json", str(tmp_path / "m.json")], tmp_path)
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["peak_gflops"] > 0 and set(result["gemm_gflops_before"]) == {"64", "128"}
+    assert [(p["shape"], p["stage"]) for p in result["points"]] == [
+        ("demo-smoke", 1), ("demo-smoke", 2), ("encoder_heavy-smoke", 1), ("encoder_heavy-smoke", 2)]
+    for point in result["points"]:
+        assert point["mfu"] > 0 and point["hfu"] >= point["mfu"]  # the recompute only adds executed FLOPs
+    assert "MFU" in out
+
+
+@pytest.mark.slow
+def test_pooling_quick_demo(tmp_path):
+    out = _run(["benchmarks/pooling.py", "--smoke", "--json", str(tmp_path / "p.json")], tmp_path)
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert [s["visual_tokens_per_view"] for s in result["settings"]] == [16, 4]
+    for setting in result["settings"]:
+        assert setting["stage1_steps"] > 0 and setting["stage2_steps"] > 0
+        assert set(setting["metrics"]) == {"BLEU-4", "CIDEr", "CE-F1 (micro-14)", "CE-F1 (macro-14)"}
+    assert "| 4 |" in out
