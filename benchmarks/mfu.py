@@ -1,16 +1,17 @@
 """Model FLOP utilisation on this CPU: a training step's achieved FLOP/s against a matmul micro-benchmark's peak.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mfu.py [--shapes demo encoder_heavy] [--stages 1 2] [--steps 4]
-        [--json out.json] [--smoke]
+        [--rounds 2] [--json out.json] [--smoke]
 
 Peak: fp32 `torch.mm` of square matrices of a few sizes with torch's threads as configured, best GFLOP/s over
 repeats; measured before and after the training steps (the machine is shared) and the higher one is the peak.
-Achieved: training FLOPs per step / median step time through trl's `SFTTrainer` (as in `benchmarks/sidebyside.py`;
-step end to step end, so data loading, the optimizer and the Trainer's bookkeeping count as time). FLOPs per step are
-`rrg plan`'s analytic count (`training/sft/plan.py`, `stage_flops`), not a profiler's: a forward, then a backward of
-2x the forward for trained weights and 1x (input gradient only) where the gradient passes through frozen weights,
-no backward for the frozen encoder (rrg runs it without autograd). "Model" FLOPs leave out the activation-checkpointing
-recompute (MFU); "hardware" FLOPs include it (HFU). Sequence lengths are the padded ones the step computes.
+Achieved: training FLOPs per step / step time through trl's `SFTTrainer` (as in `benchmarks/sidebyside.py`: step end
+to step end, so data loading, the optimizer and the Trainer's bookkeeping count as time; per round the median step,
+the first dropped; the median over rounds). FLOPs per step are `rrg plan`'s analytic count (`training/sft/plan.py`,
+`stage_flops`), not a profiler's: a forward, then a backward of 2x the forward for trained weights and 1x (input
+gradient only) where the gradient passes through frozen weights, no backward for the frozen encoder (rrg runs it
+without autograd). "Model" FLOPs leave out the activation-checkpointing recompute (MFU); "hardware" FLOPs include it
+(HFU). Sequence lengths are the padded ones the step computes.
 """
 
 import argparse
@@ -38,6 +39,9 @@ logger = logging.getLogger("mfu")
 def gemm_peak(sizes=(256, 512, 1024, 2048), repeats: int = 5) -> dict:
     """Best fp32 GFLOP/s of `n x n @ n x n` per size (2 n^3 FLOPs), with torch's current thread count."""
     out = {}
+    warm = torch.randn(max(sizes), max(sizes))
+    for _ in range(3):  # wakes the thread pool (and the core clocks) before anything is timed
+        torch.mm(warm, warm)
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         c = torch.empty(n, n)
@@ -53,7 +57,7 @@ def gemm_peak(sizes=(256, 512, 1024, 2048), repeats: int = 5) -> dict:
     return out
 
 
-def run(shapes: list[str], stages: list[int], steps: int, smoke: bool, save) -> dict:
+def run(shapes: list[str], stages: list[int], steps: int, rounds: int, smoke: bool, save) -> dict:
     sizes = (64, 128) if smoke else (256, 512, 1024, 2048)
     result = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "gemm_gflops_before": gemm_peak(sizes),
               "points": []}
@@ -63,7 +67,8 @@ def run(shapes: list[str], stages: list[int], steps: int, smoke: bool, save) -> 
             for stage in stages:
                 logger.info("%s, stage %d", shape.name, stage)
                 load = os.getloadavg()[0]
-                point = measure_point(shape, stage, steps, Path(tmp) / f"{name}_{stage}", cached=False)
+                point = measure_point(shape, stage, steps, Path(tmp) / f"{name}_{stage}", cached=False,
+                                      rounds=rounds)
                 point.update(shape=shape.name, stage=stage, load_before=load, load_after=os.getloadavg()[0])
                 result["points"].append(point)
                 save(result)
@@ -100,7 +105,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 2], choices=(1, 2))
-    parser.add_argument("--steps", type=int, default=4, help="Trainer steps per point (the first is dropped).")
+    parser.add_argument("--steps", type=int, default=4, help="Trainer steps per round (the first is dropped).")
+    parser.add_argument("--rounds", type=int, default=2, help="Rounds per point; the median is reported.")
     parser.add_argument("--smoke", action="store_true", help="Smallest size of each shape (tests).")
     parser.add_argument("--json", default=None)
     parser.add_argument("--from-json", help="Only render an earlier --json output.")
@@ -109,7 +115,7 @@ def main(argv=None) -> int:
         result = json.loads(Path(args.from_json).read_text())
     else:
         torch.manual_seed(0)
-        result = run(args.shapes, args.stages, args.steps, args.smoke, json_saver(args.json))
+        result = run(args.shapes, args.stages, args.steps, args.rounds, args.smoke, json_saver(args.json))
     sys.stdout.write(render(result))
     return 0
 

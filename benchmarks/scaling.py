@@ -2,7 +2,7 @@
 epoch's wall time grows with the number of studies (rrg alone, through trl's `SFTTrainer`).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/scaling.py [--axes visual_tokens views report studies] [--steps 4]
-        [--stage 2] [--json out.json] [--plot out.png] [--smoke]
+        [--rounds 2] [--stage 2] [--json out.json] [--plot out.png] [--smoke]
 
 The base shape is `peer.SHAPES["encoder_heavy"]` cut to fit a 2-core CPU: ViT-B/16 width at 224 px (768 wide, 12
 heads, MLP 3072, 196 patches per view) with 2 of its 12 layers, in front of a 2-layer LLaMA 512 wide (MLP 1408, 8k
@@ -14,8 +14,9 @@ vocabulary); batch 2, 2 views, ~90-token reports. One axis varies at a time from
 - studies: stage-1 epoch wall time against the number of studies, with and without the feature cache, on
   radiograph-size JPEGs and the demo's architecture (`benchmarks/epoch.py`'s machinery).
 
-Per point of the first three axes: the median step time (step end to step end, data loading included, first step
-dropped) without and with the frozen-encoder feature cache, the peak memory of one step in a fresh subprocess
+Per point of the first three axes: the step time (step end to step end, data loading included; per round the median
+step, the first dropped; the median over `--rounds` rounds, images and cache alternating within each round) without
+and with the frozen-encoder feature cache, the peak memory of one step in a fresh subprocess
 (sidebyside's measurement: peak RSS above the RSS just before the step), and the training FLOPs per step counted as
 `rrg plan` counts them (`training/sft/plan.py`: forward + input-gradient-only backward through frozen parts, 2x the
 forward for trained weights, the checkpointing recompute, no encoder backward; with the cache no encoder forward).
@@ -25,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -65,8 +67,11 @@ def train_flops(shape: Shape, stage: int, text_tokens: int, model, cached: bool)
     return {**flops, "forward": forward}
 
 
-def measure_point(shape: Shape, stage: int, steps: int, tmp: Path, cached: bool = True) -> dict:
-    """Median step time through SFTTrainer (first step dropped), without and with the feature cache, and FLOPs."""
+def measure_point(shape: Shape, stage: int, steps: int, tmp: Path, cached: bool = True, rounds: int = 1) -> dict:
+    """
+    Step time through SFTTrainer without and with the feature cache (alternating within each round; per round the
+    median step, first dropped; `step_s` is the median over rounds), and the training FLOPs per step.
+    """
     from training.sft.feature_cache import FeatureCache
 
     model, processor = build_rrg(shape)
@@ -83,13 +88,14 @@ def measure_point(shape: Shape, stage: int, steps: int, tmp: Path, cached: bool 
     model = _stage_model(model, stage)
     trainers = {name: _trainer(model, c, rows, shape, tmp / f"run_{name}", steps, processor)
                 for name, c in collators.items()}
-    times = _time_rounds(trainers, rounds=1)
+    times = _time_rounds(trainers, rounds)
     per_study = {name: train_flops(shape, stage, text_tokens, model, cached=name == "cached") for name in collators}
     return {
         "visual_tokens_per_view": processor.image_seq_length, "views": shape.views,
         "report_tokens": float((probe["labels"] != -100).sum(1).float().mean()),
         "sequence_length": int(probe["input_ids"].shape[1]), "batch_size": shape.batch_size,
-        **{f"step_s{'' if name == 'plain' else '_cached'}": times[name][0] for name in collators},
+        **{f"step_s{'' if name == 'plain' else '_cached'}": statistics.median(times[name]) for name in collators},
+        **{f"step_s{'' if name == 'plain' else '_cached'}_rounds": times[name] for name in collators},
         **{f"train_flops_per_step{'' if name == 'plain' else '_cached'}": f["model"] * shape.batch_size
            for name, f in per_study.items()},
         "train_flops_per_step_hardware": per_study["plain"]["hardware"] * shape.batch_size,
@@ -116,14 +122,15 @@ def _peak_memory_mb(shape: Shape, stage: int, rows_dir: Path) -> float:
     return run_worker(__file__, args)["step_kb"] / 1024
 
 
-def run_axis(axis: str, base: Shape, values: list, stage: int, steps: int, tmp: Path, save) -> list[dict]:
+def run_axis(axis: str, base: Shape, values: list, stage: int, steps: int, rounds: int, tmp: Path,
+             save) -> list[dict]:
     _, field, _, _ = AXES[axis]
     points = []
     for value in values:
         shape = replace(base, **{field: value})
         logger.info("%s = %s", axis, value)
         point = {"value": value, "load_before": os.getloadavg()[0]}
-        point.update(measure_point(shape, stage, steps, tmp))
+        point.update(measure_point(shape, stage, steps, tmp, rounds=rounds))
         point["peak_step_mb"] = _peak_memory_mb(shape, stage, tmp / f"images{shape.image_size}")
         point["load_after"] = os.getloadavg()[0]
         points.append(point)
@@ -131,9 +138,12 @@ def run_axis(axis: str, base: Shape, values: list, stage: int, steps: int, tmp: 
     return points
 
 
-def run_studies(counts: list[int], width: int, height: int, epochs: int, batch_size: int, tmp: Path,
+def run_studies(counts: list[int], width: int, height: int, epochs: int, batch_size: int, rounds: int, tmp: Path,
                 save) -> list[dict]:
-    """Stage-1 epochs (demo architecture, radiograph-size JPEGs) with and without the cache, per data-set size."""
+    """
+    Stage-1 epochs (demo architecture, radiograph-size JPEGs) with and without the cache, per data-set size; each
+    round runs both (a fresh cache each round), and per epoch the median over rounds is kept.
+    """
     from epoch import make_jpegs, run
 
     rows = make_jpegs(tmp / "jpg", max(counts), width, height)
@@ -141,9 +151,14 @@ def run_studies(counts: list[int], width: int, height: int, epochs: int, batch_s
     for count in counts:
         logger.info("studies = %d", count)
         point = {"studies": count, "load_before": os.getloadavg()[0]}
-        for cached in (False, True):
-            point["epoch_s_cache" if cached else "epoch_s_no_cache"] = run(rows[:count], tmp / f"n{count}", cached,
-                                                                           epochs, batch_size)
+        runs = {False: [], True: []}
+        for i in range(rounds):
+            for cached in (False, True):
+                runs[cached].append(run(rows[:count], tmp / f"n{count}_{i}", cached, epochs, batch_size))
+        for cached, times in runs.items():
+            key = "epoch_s_cache" if cached else "epoch_s_no_cache"
+            point[key] = [statistics.median(epoch) for epoch in zip(*times)]
+            point[key + "_rounds"] = times
         point["load_after"] = os.getloadavg()[0]
         points.append(point)
         save("studies", points)
@@ -230,7 +245,8 @@ def main(argv=None) -> int:
     setup()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--axes", nargs="+", default=[*AXES, "studies"], choices=[*AXES, "studies"])
-    parser.add_argument("--steps", type=int, default=4, help="Trainer steps per point (the first is dropped).")
+    parser.add_argument("--steps", type=int, default=4, help="Trainer steps per round (the first is dropped).")
+    parser.add_argument("--rounds", type=int, default=2, help="Rounds per point; the median is reported.")
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2))
     parser.add_argument("--studies", type=int, nargs="+", help="Data-set sizes (default 4 8 16 32; smoke 2 3).")
     parser.add_argument("--width", type=int, default=2500, help="JPEG width for the studies axis.")
@@ -253,7 +269,7 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(0)
         base = BASE.smallest() if args.smoke else BASE
-        result = {"base_shape": asdict(base), "stage": args.stage, "steps": args.steps,
+        result = {"base_shape": asdict(base), "stage": args.stage, "steps": args.steps, "rounds": args.rounds,
                   "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "axes": {}}
 
         write = json_saver(args.json)
@@ -268,10 +284,11 @@ def main(argv=None) -> int:
                     counts = args.studies or STUDIES[1 if args.smoke else 0]
                     width, height = (64, 80) if args.smoke else (args.width, args.height)
                     result["jpeg_size"] = [width, height]
-                    run_studies(counts, width, height, args.epochs, 2 if args.smoke else 4, Path(tmp), save)
+                    run_studies(counts, width, height, args.epochs, 2 if args.smoke else 4, args.rounds, Path(tmp),
+                                save)
                 else:
                     values = AXES[axis][3 if args.smoke else 2]
-                    run_axis(axis, base, values, args.stage, args.steps, Path(tmp) / axis, save)
+                    run_axis(axis, base, values, args.stage, args.steps, args.rounds, Path(tmp) / axis, save)
     sys.stdout.write(render(result))
     if args.plot:
         plot(result, Path(args.plot))

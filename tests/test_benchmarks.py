@@ -56,7 +56,7 @@ def test_padding_benchmark_smallest(tmp_path):
 
 @pytest.mark.slow
 def test_scaling_smallest(tmp_path):
-    out = _run(["benchmarks/scaling.py", "--smoke", "--steps", "2", "--json", str(tmp_path / "s.json"),
+    out = _run(["benchmarks/scaling.py", "--smoke", "--steps", "2", "--rounds", "1", "--json", str(tmp_path / "s.json"),
                 "--plot", str(tmp_path / "s.png")], tmp_path)
     result = json.loads((tmp_path / "s.json").read_text())
     assert set(result["axes"]) == {"visual_tokens", "views", "report", "studies"}
@@ -75,7 +75,7 @@ def test_scaling_smallest(tmp_path):
 
 @pytest.mark.slow
 def test_mfu_smallest(tmp_path):
-    out = _run(["benchmarks/mfu.py", "--smoke", "--steps", "2", "--json", str(tmp_path / "m.json")], tmp_path)
+    out = _run(["benchmarks/mfu.py", "--smoke", "--steps", "2", "--rounds", "1", "--json", str(tmp_path / "m.json")], tmp_path)
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["peak_gflops"] > 0 and set(result["gemm_gflops_before"]) == {"64", "128"}
     assert [(p["shape"], p["stage"]) for p in result["points"]] == [
