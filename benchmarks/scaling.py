@@ -52,7 +52,7 @@ AXES = {
     "views": ("views per study", "views", [1, 2, 3, 4], [1, 2]),
     "report": ("report tokens (mean)", "report_words", [14, 28, 56, 112], [4, 8]),
 }
-STUDIES = ([4, 8, 16, 32], [2, 3])
+STUDIES = ([8, 16, 32, 64], [2, 3])
 
 
 def train_flops(shape: Shape, stage: int, text_tokens: int, model, cached: bool) -> dict:
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="Trainer steps per round (the first is dropped).")
     parser.add_argument("--rounds", type=int, default=2, help="Rounds per point; the median is reported.")
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2))
-    parser.add_argument("--studies", type=int, nargs="+", help="Data-set sizes (default 4 8 16 32; smoke 2 3).")
+    parser.add_argument("--studies", type=int, nargs="+", help="Data-set sizes (default 8 16 32 64; smoke 2 3).")
     parser.add_argument("--width", type=int, default=2500, help="JPEG width for the studies axis.")
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=2)
