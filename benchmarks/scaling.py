@@ -222,9 +222,13 @@ def plot(result: dict, path: Path) -> Path:
             ax.legend(fontsize=7)
             continue
         x = [p[X_KEY[axis]] for p in points]
-        ax.plot(x, [p["step_s"] for p in points], "o-", label="step, images")
-        if all("step_s_cached" in p for p in points):
-            ax.plot(x, [p["step_s_cached"] for p in points], "s-", label="step, feature cache")
+        for key, marker, label in (("step_s", "o-", "step, images"), ("step_s_cached", "s-", "step, feature cache")):
+            if all(key in p for p in points):
+                ys = [p[key] for p in points]
+                spread = [p.get(key + "_rounds", [p[key]]) for p in points]  # min-max over rounds as error bars
+                ax.errorbar(x, ys, yerr=[[y - min(r) for y, r in zip(ys, spread)], [max(r) - y for y, r in
+                                                                                     zip(ys, spread)]],
+                            fmt=marker, capsize=3, label=label)
         ax.set_xlabel(AXES[axis][0])
         ax.set_ylabel(f"stage-{result['stage']} step (s, median)")
         ax.set_ylim(bottom=0)
