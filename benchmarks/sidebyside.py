@@ -94,6 +94,11 @@ def _trainer(model, collator, rows, shape, out: Path, steps: int, processor):
     trainer = SFTTrainer(model=model, args=_sft_config(out, shape, steps), train_dataset=Dataset.from_list(rows),
                          processing_class=processor, data_collator=collator, callbacks=[timer.callback])
     trainer.remove_callback(PrinterCallback)  # the per-run summary dicts would flood the table
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if type(base).__name__ == "RRGForConditionalGeneration":
+        from training.sft.fused_head import score_label_positions_only
+
+        score_label_positions_only(trainer.model)  # as rrg's train() does (LLaVA keeps trl's default path)
     return trainer, timer
 
 

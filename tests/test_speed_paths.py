@@ -78,3 +78,57 @@ def test_sft_trainer_takes_the_fused_lm_head_path_with_rrg(tiny, tmp_path, peft)
     hook.remove()
     assert calls == []  # the full-vocabulary LM head never ran: trl's fused path did the scoring
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_fused_lm_head_scores_only_label_positions_with_the_same_loss_and_gradients(tiny, tmp_path, peft, monkeypatch):
+    """On CPU trl's fused head projects every position; rrg's training makes it project only the labelled ones."""
+    import trl.trainer.utils as trl_utils
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from training.sft.fused_head import score_label_positions_only
+    from training.sft.train import RRGDataCollator
+
+    model, processor = tiny
+    rows, batch = _batch(processor, tmp_path)
+    stage1_trainable(model)
+    peft_config = None
+    if peft:
+        from peft import LoraConfig
+
+        from training.sft.model_setup import lora_target_regex
+
+        peft_config = LoraConfig(r=4, target_modules=lora_target_regex("llama"),
+                                 modules_to_save=["multi_modal_projector"], task_type=None)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=1, report_to=[],
+                     use_cpu=True, save_strategy="no", remove_unused_columns=False, max_length=None, bf16=False,
+                     dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
+                         data_collator=RRGDataCollator(processor), peft_config=peft_config)
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: scored.append(hidden.shape[0]) or apply(hidden, *a))
+
+    def loss_and_gradients():
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        # (LoRA's A matrices get zero gradients at the first step: B starts at zero)
+        assert grads and sum(float(g.abs().sum()) for g in grads.values()) > 0
+        return loss.detach(), grads
+
+    every_position, every_grads = loss_and_gradients()
+    assert score_label_positions_only(trainer.model)
+    labelled, labelled_grads = loss_and_gradients()
+    positions = batch["labels"].shape[0] * (batch["labels"].shape[1] - 1)
+    label_positions = int((batch["labels"][:, 1:] != -100).sum())
+    assert scored == [positions, label_positions] and label_positions < positions / 2
+    torch.testing.assert_close(labelled, every_position, rtol=1e-6, atol=1e-6)
+    for name, grad in every_grads.items():
+        torch.testing.assert_close(labelled_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert score_label_positions_only(trainer.model)  # idempotent: wrapping twice changes nothing
+    trainer.compute_loss(trainer.model, dict(batch))
+    assert scored[-1] == label_positions

@@ -35,6 +35,7 @@ import torch
 
 from ..fileio import atomic_dir, write_json_atomic
 from . import distributed
+from .fused_head import score_label_positions_only
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +343,7 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
                               peft_config=peft_config, callbacks=[LogOnSaveCallback()])
     finally:
         training_args.padding_free = padding_free  # recorded as asked in the run summary
+    score_label_positions_only(trainer.model)  # the LM head projects the report's positions only, CPU included
     counts = count_parameters(trainer.model)
     logger.info(
         "Stage %d: %s trainable parameters, %s frozen (%s).", args.stage, f"{counts['trainable_parameters']:,}",
