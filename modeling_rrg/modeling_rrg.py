@@ -15,6 +15,7 @@ returning `last_hidden_state` and an `RRGForConditionalGeneration` adding the LM
 """
 
 import contextlib
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -829,3 +830,11 @@ class RRGForConditionalGeneration(RRGPreTrainedModel, GenerationMixin):
 RRGConfig.register_for_auto_class()
 RRGModel.register_for_auto_class("AutoModel")
 RRGForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+# For remote-code models (which rrg is, served from the Hub or registered above), GenerationMixin reads
+# `inspect.signature(self.forward)` at every decoding step (a `cache_position` check in
+# `prepare_inputs_for_generation`, transformers 5.x). Rebuilt from the function each time, that is ~0.1 ms per token,
+# several percent of a small model's decoding step; computed once here, `inspect` returns it as is.
+for _model_class in (RRGModel, RRGForConditionalGeneration):
+    _model_class.forward.__signature__ = inspect.signature(_model_class.forward)
+

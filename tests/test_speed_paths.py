@@ -132,3 +132,34 @@ def test_fused_lm_head_scores_only_label_positions_with_the_same_loss_and_gradie
     assert score_label_positions_only(trainer.model)  # idempotent: wrapping twice changes nothing
     trainer.compute_loss(trainer.model, dict(batch))
     assert scored[-1] == label_positions
+
+
+def test_generation_does_not_rebuild_the_forward_signature_at_every_token(tiny, monkeypatch):
+    """GenerationMixin inspects a remote-code model's `forward` signature per decoding step; rrg precomputes it."""
+    import inspect
+
+    import numpy as np
+    from PIL import Image
+
+    model, processor = tiny
+    assert model.is_remote_code()  # the per-step check only runs for remote code
+    rebuilt = []
+    original = inspect._signature_from_function
+
+    def counting(sigcls, func, *args, **kwargs):
+        if getattr(func, "__qualname__", "").startswith("RRG"):
+            rebuilt.append(func.__qualname__)
+        return original(sigcls, func, *args, **kwargs)
+
+    monkeypatch.setattr(inspect, "_signature_from_function", counting)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8))
+    inputs = processor(images=[[image]])
+    per_call = []
+    for tokens in (2, 10):
+        rebuilt.clear()
+        with torch.no_grad():
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + tokens
+        per_call.append(list(rebuilt))
+    assert not any(name.endswith(".forward") for name in per_call[1])
+    assert per_call[0] == per_call[1]  # what is still inspected is inspected once per generate(), not per token
