@@ -55,12 +55,14 @@ AXES = {
 STUDIES = ([8, 16, 32, 64], [2, 3])
 
 
-def train_flops(shape: Shape, stage: int, text_tokens: int, model, cached: bool) -> dict:
-    """Training FLOPs of one study as `rrg plan` counts them, for the (staged) model and `text_tokens` per study."""
+def train_flops(shape: Shape, stage: int, text_tokens: int, model, cached: bool, head_tokens: float | None = None) -> dict:
+    """Training FLOPs of one study as `rrg plan` counts them, for the (staged) model and `text_tokens` per study; the LM
+    head at `head_tokens` positions (rrg's training scores only the labelled ones)."""
     from training.sft.plan import forward_flops, parameter_counts, stage_flops
 
     vision, text = backbone_configs(shape)
-    forward = forward_flops(vision, text, shape.views, shape.num_visual_tokens, text_tokens, "mlp2x_gelu")
+    forward = forward_flops(vision, text, shape.views, shape.num_visual_tokens, text_tokens, "mlp2x_gelu",
+                            head_tokens=head_tokens)
     llm = parameter_counts(model)["language_model"]
     flops = stage_flops(forward, stage, lora=stage == 2, gradient_checkpointing=True, cached_encoder=cached,
                         lora_fraction=llm["trainable"] / max(llm["trainable"] + llm["frozen"], 1))
@@ -89,7 +91,9 @@ def measure_point(shape: Shape, stage: int, steps: int, tmp: Path, cached: bool 
     trainers = {name: _trainer(model, c, rows, shape, tmp / f"run_{name}", steps, processor)
                 for name, c in collators.items()}
     times = _time_rounds(trainers, rounds)
-    per_study = {name: train_flops(shape, stage, text_tokens, model, cached=name == "cached") for name in collators}
+    labelled = float((probe["labels"][:, 1:] != -100).sum(1).float().mean())  # positions the LM head scores
+    per_study = {name: train_flops(shape, stage, text_tokens, model, cached=name == "cached", head_tokens=labelled)
+                 for name in collators}
     return {
         "visual_tokens_per_view": processor.image_seq_length, "views": shape.views,
         "report_tokens": float((probe["labels"] != -100).sum(1).float().mean()),

@@ -86,6 +86,17 @@ def test_forward_flops_match_a_flop_counter():
                                  projector_type=projector)
         assert estimate["encoder"] + estimate["projector"] + estimate["llm"] == counted
 
+    # The LM head at the labelled positions only (what rrg's training computes): backbone + head on those rows.
+    labelled = 4
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        hidden = model.model(input_ids=ids, pixel_values=torch.randn(1, 2, 3, 32, 32),
+                             num_views=torch.tensor([2])).last_hidden_state
+        model.lm_head(hidden[0, -labelled:])
+    counted = counter.get_total_flops() - 2 * (2 * 32 * 32)
+    estimate = forward_flops(VISION, TEXT, views=2, visual_tokens=None, text_tokens=text_tokens,
+                             projector_type=projector, head_tokens=labelled)
+    assert estimate["encoder"] + estimate["projector"] + estimate["llm"] == counted
+
 
 def test_stage_flops_and_memory_follow_the_recipe():
     fwd = {"encoder": 10.0, "projector": 1.0, "llm": 100.0}

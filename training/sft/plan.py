@@ -111,9 +111,11 @@ def parameter_counts(model) -> dict:
 
 # ------------------------------------------------------------------------------------------------ FLOPs
 def forward_flops(vision: dict, text: dict, views: float, visual_tokens: int | None, text_tokens: int,
-                  projector_type: str = "linear") -> dict:
+                  projector_type: str = "linear", head_tokens: float | None = None) -> dict:
     """
     Forward FLOPs (2 per multiply-add) of one study: encoder, projector and LLM (with attention scores and LM head).
+    The LM head is counted at every position, or at `head_tokens` positions when given (rrg's training scores it
+    at the labelled positions only, `training/sft/fused_head.py`).
 
     Per transformer layer with `n` tokens, width `d` and MLP width `f`: `2n(4d^2 + k*d*f)` for the projections
     (`k` = 2 for a GELU MLP, 3 for LLaMA's gated MLP) plus `4n^2 d` for the attention scores and their product.
@@ -129,7 +131,7 @@ def forward_flops(vision: dict, text: dict, views: float, visual_tokens: int | N
     s = round(tokens + text_tokens)
     kv = text.get("num_key_value_heads", text["num_attention_heads"]) / text["num_attention_heads"]
     layer = 2 * s * ((2 + 2 * kv) * h * h + 3 * h * text["intermediate_size"]) + 4 * s * s * h
-    llm = text["num_hidden_layers"] * layer + 2 * s * h * text["vocab_size"]
+    llm = text["num_hidden_layers"] * layer + 2 * (s if head_tokens is None else head_tokens) * h * text["vocab_size"]
     return {"encoder": encoder, "projector": projector, "llm": llm, "sequence_length": s}
 
 
