@@ -32,13 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import setup  # noqa: E402
 from peer import SHAPES, build_pair, make_rows  # noqa: E402
-from sidebyside import (  # noqa: E402
-    _freeze_for_stage1,
-    _lora,
-    _sft_config,
-    _StepTimer,
-    _time_rounds,
-)
+from sidebyside import _freeze_for_stage1, _lora, _time_rounds, _trainer  # noqa: E402
 
 logger = logging.getLogger("padding")
 
@@ -71,21 +65,16 @@ class _PaddingCounter:
 
 def _trainers(model, processor, rows, shape, steps: int, tmp: Path) -> dict:
     from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
 
     from training.sft.train import RRGDataCollator, add_length_column
 
     dataset = add_length_column(Dataset.from_list(rows), RRGDataCollator(processor))
     trainers = {}
     for name in VARIANTS:
-        args = _sft_config(tmp / name, shape, steps)
-        args.train_sampling_strategy = "group_by_length" if name == "group_by_length" else "random"
         counter = _PaddingCounter(RRGDataCollator(processor, padding_free=name == "padding_free"))
-        timer = _StepTimer()
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                             data_collator=counter, callbacks=[timer.callback])
-        trainer.remove_callback(PrinterCallback)
+        # sidebyside's trainer: rrg's LM head at label positions, as train() sets it up
+        trainer, timer = _trainer(model, counter, dataset, shape, tmp / name, steps, processor,
+                                  train_sampling_strategy="group_by_length" if name == "group_by_length" else "random")
         trainers[name] = (trainer, timer, counter)
     return trainers
 

@@ -85,14 +85,19 @@ def _sft_config(out: Path, shape, steps: int):
                      bf16=False, **{_CHECKPOINTING: True})  # as the paper recipes (training/sft/recipes/paper_*)
 
 
-def _trainer(model, collator, rows, shape, out: Path, steps: int, processor):
+def _trainer(model, collator, rows, shape, out: Path, steps: int, processor, **config):
+    """An `SFTTrainer` with a step timer on `rows` (a list of dicts or a `Dataset`); `config` overrides SFTConfig fields."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     timer = _StepTimer()
-    trainer = SFTTrainer(model=model, args=_sft_config(out, shape, steps), train_dataset=Dataset.from_list(rows),
-                         processing_class=processor, data_collator=collator, callbacks=[timer.callback])
+    args = _sft_config(out, shape, steps)
+    for name, value in config.items():
+        setattr(args, name, value)
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                         data_collator=collator, callbacks=[timer.callback])
     trainer.remove_callback(PrinterCallback)  # the per-run summary dicts would flood the table
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if type(base).__name__ == "RRGForConditionalGeneration":
