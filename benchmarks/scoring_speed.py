@@ -13,7 +13,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
 from training.data.report_cleaning import clean_report_r2gen
-from training.evaluation.bootstrap import CiderStats, bleu_stats, confidence_intervals, mean_stats
+from training.evaluation.bootstrap import confidence_intervals, mean_stats
+from training.evaluation.metrics.ngram import CiderStats, bleu_stats
 
 SENTENCES = ["the lungs are clear", "no pleural effusion or pneumothorax", "heart size is normal",
              "right-sided picc line terminates in the mid svc", "mild pulmonary edema", "1.5 cm nodule in the right upper lobe",

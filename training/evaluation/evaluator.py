@@ -142,7 +142,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     settings) equals this call's; otherwise it is refused, naming the differing fields (`overwrite=True` deletes it
     and starts fresh). Every image of the evaluated rows is decoded before the first batch (`on_bad_rows="skip"`
     skips and counts rows with a bad image, duplicate id or image path outside the image root). `scoring_kwargs`
-    go to the scorer (BERTScore layer, RadGraph model, reference truncation, bootstrap replicates).
+    go to the scorer (`protocol`, BERTScore layer, RadGraph model, reference truncation, bootstrap replicates).
     """
     from ..data.image_check import check_rows
     from ..data.loaders import load_splits, split_key
@@ -161,7 +161,13 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
         "generation": {**DEFAULT_GENERATION, **generation_kwargs},
         "shuffle_images_seed": shuffle_images_seed,
     }
-    # Refuse before loading anything heavy: these predictions must not mix with another model's or setting's.
+    # Refuse before loading anything heavy: these predictions must not mix with another model's or setting's, and
+    # a scoring protocol that lists a metric whose model folder is missing fails now, not after generation.
+    from .scorecard import check_protocol
+
+    check_protocol(scoring_kwargs.get("protocol", "r2gen"), bertscore_model=bertscore_model,
+                   radgraph_annotations=radgraph_annotations_path,
+                   **{k: v for k, v in scoring_kwargs.items() if k != "protocol"})
     guard_predictions(output_dir, manifest, overwrite=overwrite)
     if model is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,7 +194,7 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
         "generation": {**DEFAULT_GENERATION, **generation_kwargs},
         "images_shuffled": shuffle_images_seed is not None,
     })
-    from .scoring import metrics_to_markdown
+    from .scorecard import metrics_to_markdown
 
     write_json_atomic(output_dir / "metrics.json", metrics)
     write_text_atomic(output_dir / "metrics.md", metrics_to_markdown(metrics))
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
                        reference_max_tokens=a.reference_max_tokens, replicates=a.bootstrap,
                        on_bad_rows=a.on_bad_rows, allow_outside_image_root=a.allow_outside_image_root,
                        overwrite=a.overwrite)
-    from .scoring import metrics_to_markdown
+    from .scorecard import metrics_to_markdown
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")
     return 0
