@@ -580,10 +580,10 @@ def load_hf_dataset(
     for split_name, ds in dsd.items():
         for arg, col in wanted_columns.items():
             if col is not None and col not in ds.column_names:
-                how = (f"name the right one with --{arg} (rrg train, evaluate, analyze; `{arg}:` in a recipe or "
-                       f"config)" if arg in _COLUMN_FLAGS else f"from {arg}=")
-                raise ValueError(f"{source} (split {split_name!r}): column {col!r} not found ({how}); available "
-                                 f"columns: {ds.column_names}.")
+                how = (f"name the right one with --{arg} (`{arg}:` in a recipe or config)" if arg in _COLUMN_FLAGS
+                       else f"check {arg}=")
+                raise ValueError(f"{source} (split {split_name!r}): column {col!r} not found; available columns: "
+                                 f"{ds.column_names}; {how}.")
     if image_column in (c for ds in dsd.values() for c in ds.column_names):
         dsd = datasets.DatasetDict(
             {k: (ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(ds.features[image_column], datasets.Image) else ds) for k, ds in dsd.items()}
