@@ -408,8 +408,11 @@ def test_space_folder_runs_without_the_installed_project(exported, tmp_path):
     # Only what the page needs is copied, and it runs without the packages the Space does not install.
     assert not (space / "training" / "sandbox").exists() and not (space / "training" / "sft").exists()
     assert (space / "training" / "serve" / "examples.json").is_file()
-    check = ("import runpy, sys; sys.modules.update(datasets=None, trl=None, peft=None); import training; "
-             "assert training.__file__.startswith(sys.argv[1]), training.__file__; "
+    # Every copied module imports (the page imports some only when a heat map is drawn).
+    check = ("import importlib, pathlib, runpy, sys; sys.modules.update(datasets=None, trl=None, peft=None); "
+             "import training; assert training.__file__.startswith(sys.argv[1]), training.__file__; "
+             "[importlib.import_module('.'.join(p.with_suffix('').parts).removesuffix('.__init__')) "
+             "for p in sorted(pathlib.Path('training').rglob('*.py'))]; "
              "sys.argv = ['app.py']; runpy.run_path('app.py', run_name='__main__')")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", check, str(space)], cwd=space, env=env, stdout=out,
