@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from training.arguments import DataArguments, ScoringArguments
 from training.cli import main
+from training.data.loaders import load_splits
+from training.evaluation.evaluator import parse_args as evaluate_args
 
 
 def _r2gen_style_hf_dataset(workspace, out: Path, absolute: bool = False) -> Path:
@@ -28,9 +31,6 @@ def _r2gen_style_hf_dataset(workspace, out: Path, absolute: bool = False) -> Pat
 @pytest.mark.slow
 def test_train_evaluate_and_analyze_read_the_same_hf_dataset_with_the_same_flags(workspace, tmp_path):
     hf = _r2gen_style_hf_dataset(workspace, tmp_path / "hf")
-    from training.arguments import DataArguments
-    from training.data.loaders import load_splits
-
     # The reference: the same studies read from the benchmark's annotation.json (section selection applied alike).
     test = load_splits(DataArguments(dataset_path=str(workspace / "data")), splits=["test"])["test"]
     references = dict(zip(test["id"], test["report"]))
@@ -73,3 +73,38 @@ def test_a_missing_column_names_the_flag_and_the_row_once(workspace, tmp_path, c
     error = capsys.readouterr().err
     assert "outside the image root" in error and error.count("row 0") == 1, error
     assert "--allow_outside_image_root" in error and "--on_bad_rows skip" in error
+
+
+def test_evaluate_reads_a_config_and_the_old_flags(tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text("model_name_or_path: runs/stage2\ndataset_path: data/hf\nimage_column: image_path\n"
+                      "num_beams: 3\nreplicates: 10\nclean: none\n")
+    args, data, generation, scoring = evaluate_args(["--config", str(config), "--output-dir", "out", "--num-beams", "4",
+                                                  "--no-meteor", "--bootstrap", "20", "--shuffle-images", "7"])
+    assert (args.model_name_or_path, args.output_dir, args.shuffle_images_seed) == ("runs/stage2", "out", 7)
+    assert (data.dataset_path, data.image_column) == ("data/hf", "image_path")
+    assert generation.to_generation_kwargs() == {"num_beams": 4, "max_new_tokens": 128, "repetition_penalty": 1.0,
+                                                 "do_sample": False}
+    assert (scoring.replicates, scoring.meteor, scoring.clean) == (20, False, None)
+    # Every scorer setting reaches score_reports under its own name (the labeler is built from its own fields).
+    assert scoring.score_kwargs() == {k: v for k, v in vars(scoring).items() if k not in (
+        "labeler", "chexbert_checkpoint", "chexbert_tokenizer", "radgraph_annotations")}
+    with pytest.raises(ValueError, match="not_a_flag.*rrg evaluate --help"):
+        evaluate_args(["--model", "m", "--output-dir", "o", "--not_a_flag", "1"])
+    with pytest.raises(ValueError, match=r"on_bad_rows \(--on_bad_rows\) must be one of raise, skip"):
+        evaluate_args(["--model", "m", "--output-dir", "o", "--on-bad-rows", "ignore"])
+    with pytest.raises(ValueError, match="clean"):
+        ScoringArguments(clean="r2gen")
+
+
+def test_a_changed_data_field_is_a_different_training_run(workspace, tmp_path):
+    from helpers import train_recipe
+    from training.manifest import diff_manifests
+    from training.sft.train import parse_args, run_manifest
+
+    recipe = train_recipe(workspace, tmp_path / "run")
+    parsed = parse_args(["--config", str(recipe)])
+    assert parsed[1].dataset_path == str(workspace / "data")  # the recipe's data fields land in DataArguments
+    changed = parse_args(["--config", str(recipe), "--report_section", "findings"])
+    assert diff_manifests(run_manifest(*parsed), run_manifest(*changed)) == [
+        "recipe.data.report_section: 'both' -> 'findings'"]

@@ -13,6 +13,9 @@ Every field is a command-line flag under its own name (`--image_column`) and wit
 of the YAML file `--config` reads (command-line flags override it). A few fields keep the shorter flag the commands
 had before these groups existed (`--data` for `dataset_path`, `--bootstrap` for `replicates`), as aliases.
 
+The module imports nothing from `training/`, so every floor may use it: the loaders take a [`DataArguments`]
+([`training.data.loaders.load_splits`]) and validate what they alone know (a report section, a column).
+
 Which split a command reads is the command's own argument (`train_split` / `eval_split` of a training recipe,
 `--split` of `rrg evaluate` and `rrg analyze`), not part of [`DataArguments`]: the same data description serves a
 training run and the evaluation of its test split.
@@ -32,8 +35,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
-from .data.reports import REPORT_SECTIONS
 
 __all__ = [
     "DATASET_FORMATS",
@@ -151,7 +152,6 @@ class DataArguments:
             self.clean_reports = None
         _check_choice("DataArguments", "dataset_format", self.dataset_format, DATASET_FORMATS)
         _check_choice("DataArguments", "on_bad_rows", self.on_bad_rows, BAD_ROW_POLICIES)
-        _check_choice("DataArguments", "report_section", self.report_section, REPORT_SECTIONS)
         _check_choice("DataArguments", "clean_reports", self.clean_reports, (None, "mimic", "iu"))
 
     def loader_kwargs(self) -> dict:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..arguments import DataArguments
 from ..data.images import load_image
-from ..data.loaders import load_splits, split_key
+
+if TYPE_CHECKING:
+    from ..arguments import DataArguments
 
 __all__ = ['load_split_studies', 'as_views', 'normalise_studies', 'unwrap_model', 'check_model', 'model_device', 'decode_token', 'batches']
 
@@ -37,6 +39,10 @@ def load_split_studies(
     Returns:
         `list[dict]` with `id`, `images` (list of absolute paths) and `report`.
     """
+    # Imported here: the serve page imports this module for its model helpers and ships without the loaders.
+    from ..arguments import DataArguments
+    from ..data.loaders import load_splits, split_key
+
     if not isinstance(data_args, DataArguments):
         data_args = DataArguments(dataset_path=data_args)
     data_path = data_args.dataset_path

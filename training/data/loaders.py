@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..arguments import DataArguments
 from ..fileio import write_bytes_atomic
 from .chexpert import CHEXPERT_OBSERVATIONS
 from .images import load_image
@@ -485,7 +486,7 @@ def _materialise_image(value: Any, base: Path | None, cache: Path, allow_outside
 
 
 def load_hf_dataset(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | DataArguments,
     image_column: str = "image",
     report_column: str | None = "report",
     split_column: str | None = None,
@@ -522,7 +523,10 @@ def load_hf_dataset(
     PNG, named by content hash) and the rows point there, so every loader yields paths.
 
     Args:
-        name_or_path (`str` or `os.PathLike`): Hub id or local path, see above.
+        name_or_path (`str`, `os.PathLike` or [`training.arguments.DataArguments`]): Hub id or local path, see above;
+            or the data argument group of the `rrg` commands, whose fields then set the source, the image root, the
+            image / report / split / id columns, the section, the cleaning and the bad-row and outside-root policies
+            (the keywords below set only what the group does not hold).
         image_column (`str`, *optional*, defaults to `"image"`): Column with the image(s).
         report_column (`str`, *optional*, defaults to `"report"`):
             Column with the full report. Set to `None` and give `findings_column` and/or
@@ -554,6 +558,13 @@ def load_hf_dataset(
     Returns:
         `datasets.DatasetDict` with the columns listed in the module docstring.
     """
+    if isinstance(name_or_path, DataArguments):  # its fields, and the keywords it has no field for
+        return load_hf_dataset(
+            name_or_path.dataset_path, findings_column=findings_column, impression_column=impression_column,
+            study_id_column=study_id_column, subject_id_column=subject_id_column, chexpert_column=chexpert_column,
+            splits=splits, image_cache_dir=image_cache_dir, cache_dir=cache_dir, verify_images=verify_images,
+            **name_or_path.loader_kwargs(),
+        )
     if report_column is None and findings_column is None and impression_column is None:
         raise ValueError("Give report_column, or findings_column and/or impression_column, to say where the report text is.")
     if section not in REPORT_SECTIONS:
@@ -580,10 +591,10 @@ def load_hf_dataset(
     for split_name, ds in dsd.items():
         for arg, col in wanted_columns.items():
             if col is not None and col not in ds.column_names:
-                how = (f"name the right one with --{arg} (rrg train, evaluate, analyze; `{arg}:` in a recipe or "
-                       f"config)" if arg in _COLUMN_FLAGS else f"from {arg}=")
-                raise ValueError(f"{source} (split {split_name!r}): column {col!r} not found ({how}); available "
-                                 f"columns: {ds.column_names}.")
+                how = (f"name the right one with --{arg} (`{arg}:` in a recipe or config)" if arg in _COLUMN_FLAGS
+                       else f"check {arg}=")
+                raise ValueError(f"{source} (split {split_name!r}): column {col!r} not found; available columns: "
+                                 f"{ds.column_names}; {how}.")
     if image_column in (c for ds in dsd.values() for c in ds.column_names):
         dsd = datasets.DatasetDict(
             {k: (ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(ds.features[image_column], datasets.Image) else ds) for k, ds in dsd.items()}
@@ -699,7 +710,7 @@ def split_key(name: str) -> str:
     return SPLIT_ALIASES.get(name.strip().lower(), name)
 
 
-def load_splits(data_args, splits: Sequence[str]) -> datasets.DatasetDict:
+def load_splits(data_args: DataArguments, splits: Sequence[str]) -> datasets.DatasetDict:
     """
     Loads the named splits of any supported source: an `annotation.json` (or a folder holding one, like the synthetic
     benchmark) or anything [`load_hf_dataset`] reads (a `save_to_disk` folder, an image folder, a table, a Hub id).
@@ -741,12 +752,12 @@ def load_splits(data_args, splits: Sequence[str]) -> datasets.DatasetDict:
         elif dataset_format == "annotation":
             raise FileNotFoundError(f"No annotation.json at {path}.")
     splits = [s for s in splits if s]
-    kwargs = data_args.loader_kwargs()
     if annotation is not None:
+        kwargs = data_args.loader_kwargs()
         dataset = load_annotation_json(annotation, splits=splits, **{k: kwargs[k] for k in (
             "image_root", "clean", "on_error", "section", "allow_outside_root")})
     else:
-        dataset = load_hf_dataset(str(path) if path.exists() else source, splits=splits, **kwargs)
+        dataset = load_hf_dataset(data_args, splits=splits)
     for split in splits:
         if split_key(split) not in dataset:
             raise ValueError(f"Split {split!r} not found in {source}; it has {list(dataset)}.")

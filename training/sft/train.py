@@ -17,7 +17,10 @@ torchrun --nproc_per_node 2 -m training.sft.train --config training/sft/recipes/
 accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero2.yaml -m training.sft.train --config training/sft/recipes/paper_stage2.yaml
 ```
 
-Every recipe field can be overridden on the command line (`--learning_rate 1e-4`). Each stage writes checkpoints
+A recipe holds four argument groups side by side, parsed by trl's `TrlParser`: [`RRGScriptArguments`] (stage, splits,
+model building), [`training.arguments.DataArguments`] (the data fields `rrg evaluate` and `rrg analyze` take too),
+trl's `SFTConfig` and `ModelConfig`. Every recipe field can be overridden on the command line (`--learning_rate 1e-4`,
+`--image_column image_path`). Each stage writes checkpoints
 (`checkpoint-*`), TensorBoard logs (`runs/`) and, at the end, a complete `save_pretrained` folder `model/` (written to a
 temporary folder and renamed into place, with `rrg_training.json` written last), so an interrupted run never leaves a
 folder that looks finished.
