@@ -78,8 +78,9 @@ def installed(tmp_path_factory):
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).strip())
-    deps = root / "deps"
-    deps.mkdir()
+    # Named like a site dir: dill (datasets' hashing) pickles modules outside a "site-packages" path by value.
+    deps = root / "deps" / "site-packages"
+    deps.mkdir(parents=True)
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
         if not _ours(entry):
             (deps / entry.name).symlink_to(entry)
