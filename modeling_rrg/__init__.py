@@ -39,6 +39,11 @@ def _register_local_auto_classes():
     AutoModelForImageTextToText.register(RRGConfig, RRGForConditionalGeneration)
     AutoModelForCausalLM.register(RRGConfig, RRGForConditionalGeneration)
     AutoProcessor.register(RRGConfig, RRGProcessor)
+    try:  # transformers 5.25+: the Auto class of multimodal generation models (text + images in, text out)
+        from transformers import AutoModelForMultimodalLM
+    except ImportError:
+        return
+    AutoModelForMultimodalLM.register(RRGConfig, RRGForConditionalGeneration)
 
 
 _register_local_auto_classes()

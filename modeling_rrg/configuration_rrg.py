@@ -17,10 +17,14 @@ __all__ = ["RRGConfig", "PROJECTOR_TYPES", "FEATURE_SELECT_STRATEGIES"]
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 FEATURE_SELECT_STRATEGIES = ("patch", "full")
+# `AutoModelForMultimodalLM` (transformers 5.25+, what the Hub's generated snippets load image-text-to-text models
+# with) is named whichever transformers writes the config: the map is plain strings, and a transformers without that
+# class never looks the name up, so an export made on 5.0 still loads through it on 5.25.
 DEFAULT_AUTO_MAP = {
     "AutoConfig": "configuration_rrg.RRGConfig",
     "AutoModel": "modeling_rrg.RRGModel",
     "AutoModelForImageTextToText": "modeling_rrg.RRGForConditionalGeneration",
+    "AutoModelForMultimodalLM": "modeling_rrg.RRGForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_rrg.RRGForConditionalGeneration",
 }
 

@@ -129,6 +129,11 @@ class RRGProcessor(ProcessorMixin):
         instruction (`str`, *optional*): Default instruction (the paper-style prompt).
         prompt_template (`str`, *optional*): Template with `{images}` and `{instruction}` fields.
         max_views (`int`, *optional*, defaults to 2): Views allowed per study (`RRGConfig.max_views`).
+        padding_side (`str`, *optional*): `"right"` or `"left"`, the side a call pads on when it names none. Defaults
+            to the tokenizer's `padding_side` when the processor is built, and is kept by the processor from then on:
+            the tokenizer is shared, and pipelines switch its attribute (the `image-text-to-text` pipeline sets it to
+            `"left"` for batched generation), so a processor used for generation and then for training still pads
+            training batches as configured. `padding_side=` on a call always wins.
 
     Example:
 
@@ -149,6 +154,7 @@ class RRGProcessor(ProcessorMixin):
         instruction: str = DEFAULT_INSTRUCTION,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         max_views: int = 2,
+        padding_side: str | None = None,
         **kwargs,
     ):
         if chat_template is None:
@@ -171,6 +177,9 @@ class RRGProcessor(ProcessorMixin):
                 "model's embeddings (RRGProcessor.from_pretrained_backbones does both)."
             )
         self.image_token_id = image_token_id
+        self.padding_side = tokenizer.padding_side if padding_side is None else padding_side
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}.")
 
     # --------------------------------------------------------------- helpers
     @property
@@ -250,6 +259,7 @@ class RRGProcessor(ProcessorMixin):
         padding_side: str | None = None,
         truncation: bool = False,
         max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
         return_tensors: str | None = "pt",
         videos=None,
         audio=None,
@@ -267,8 +277,16 @@ class RRGProcessor(ProcessorMixin):
             indication (`str` or `list[str]`, *optional*): Clinical indication text prepended to the instruction.
             num_views (`list[int]`, *optional*): Views per study when `images` is omitted because the model gets
                 precomputed `image_features` instead (a frozen-encoder feature cache); the prompt is built for them.
-            padding, padding_side, truncation, max_length, return_tensors: as for the tokenizer. Truncation only
-                ever cuts the report; a `max_length` that would cut the prompt (and its image tokens) is an error.
+            padding (`bool` or `str`, *optional*, defaults to `True`): As for the tokenizer (its own `pad` pads):
+                `True` / `"longest"`, `"max_length"` (to `max_length`), `False` / `"do_not_pad"` (rows of different
+                lengths then need `return_tensors=None`).
+            padding_side (`str`, *optional*): `"left"` or `"right"` for this call; defaults to the processor's
+                `padding_side` (not the shared tokenizer's current attribute, see the class docstring).
+            truncation, max_length: Truncation only ever cuts the report; a `max_length` that would cut the prompt
+                (and its image tokens) is an error.
+            pad_to_multiple_of (`int`, *optional*): As for the tokenizer.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` (torch tensors), `"np"` (numpy arrays)
+                or `None` (lists).
             videos, audio: Not supported; accepted (as `None`) because `apply_chat_template` always passes them.
 
         Returns:
@@ -277,6 +295,8 @@ class RRGProcessor(ProcessorMixin):
         """
         if videos is not None or audio is not None:
             raise ValueError("rrg reads chest X-ray images only; pass no `videos` or `audio`.")
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
         if report is not None and suffix is not None:
             raise ValueError("Pass the target as `report=` or `suffix=`, not both.")
         report = report if report is not None else suffix
@@ -343,38 +363,46 @@ class RRGProcessor(ProcessorMixin):
             sequences.append(ids)
             label_rows.append(labels)
 
-        data = self._pad(sequences, label_rows if reports is not None else None, padding, padding_side)
+        data = self._pad(sequences, label_rows if reports is not None else None, padding, padding_side, max_length,
+                         pad_to_multiple_of, tensors=return_tensors is not None)
         if studies is not None:
             data["pixel_values"], data["num_views"] = self.encode_images(studies, **kwargs)
         elif num_views is not None:
             data["num_views"] = torch.tensor(view_counts, dtype=torch.long)
         if return_tensors is None:
-            data = {k: v.tolist() for k, v in data.items()}
-        return BatchFeature(data=data, tensor_type=None)
+            data = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+        elif return_tensors == "np":
+            data = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _pad(self, sequences, label_rows, padding, padding_side):
-        side = padding_side or getattr(self.tokenizer, "padding_side", "right")
+    def _pad(self, sequences, label_rows, padding, padding_side, max_length, pad_to_multiple_of, tensors: bool):
+        """Pad `input_ids` with the tokenizer's own `pad` (every padding mode), and `labels` with -100 on the same
+        positions; returns lists."""
+        side = self.padding_side if padding_side is None else padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-        lengths = [len(s) for s in sequences]
-        if not padding and len(set(lengths)) > 1:
-            raise ValueError("Sequences have different lengths; pass padding=True to batch them.")
-        width = max(lengths)
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(sequences), width), dtype=torch.long)
-        labels = torch.full((len(sequences), width), -100, dtype=torch.long) if label_rows is not None else None
-        for i, seq in enumerate(sequences):
-            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-            input_ids[i, span] = torch.tensor(seq, dtype=torch.long)
-            attention[i, span] = 1
-            if labels is not None:
-                labels[i, span] = torch.tensor(label_rows[i], dtype=torch.long)
-        data = {"input_ids": input_ids, "attention_mask": attention}
-        if labels is not None:
-            data["labels"] = labels
+        # `max_length` is a padding target only for padding="max_length" (it bounds truncation otherwise, done above).
+        to_max_length = getattr(padding, "value", padding) == "max_length"
+        padded = self.tokenizer.pad(
+            {"input_ids": sequences}, padding=padding, max_length=max_length if to_max_length else None,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=side, return_attention_mask=True, return_tensors=None,
+        )
+        data = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+        if tensors and len({len(row) for row in data["input_ids"]}) > 1:
+            raise ValueError(
+                f"The studies are {sorted({len(s) for s in sequences})} tokens long and padding={padding!r} leaves "
+                "them so; pass padding=True (or 'max_length' with max_length) to batch them as tensors, or "
+                "return_tensors=None for lists."
+            )
+        if label_rows is not None:
+            # The real tokens sit where the attention mask is 1, on whichever side the tokenizer padded.
+            data["labels"] = []
+            for mask, labels in zip(data["attention_mask"], label_rows):
+                row, targets = [], iter(labels)
+                for bit in mask:
+                    row.append(next(targets) if bit else -100)
+                data["labels"].append(row)
         return data
 
     # ---------------------------------------------------------------- decode

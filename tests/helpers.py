@@ -222,6 +222,26 @@ def write_metrics(folder: Path) -> Path:
     return folder
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_copy(dest: Path) -> Path:
+    """A copy of the checkout's source files (tracked and untracked-but-not-ignored, as git lists them) at `dest`.
+
+    Builds (`pip wheel`, `pip install <dir>`) write `build/` and `*.egg-info` into the folder they build: tests build
+    from this copy so they never write into the source tree.
+    """
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is not part of it
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    return dest
+
+
 def reference_batch(processor):
     return processor(images=[[xray(0), xray(1)], [xray(2)]], report=["Normal heart.", "Left effusion."])
 

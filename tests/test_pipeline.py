@@ -84,6 +84,42 @@ def test_indication_count_must_match_the_batch(reporter):
         reporter(xray(0), indication=["a"])
 
 
+def test_image_text_to_text_pipeline_leaves_training_padding_as_configured(tokenizer):
+    """The image-text-to-text pipeline switches the shared tokenizer to left padding for batched generation; the same
+    processor used for training afterwards still right-pads (labels at the start of each row), as it did before."""
+    import copy
+
+    from transformers import pipeline
+
+    from training.sandbox.tiny import build_tiny_model
+
+    model, processor = build_tiny_model(tokenizer=copy.deepcopy(tokenizer))  # the session tokenizer stays untouched
+    reports = ["Normal heart.", "Moderate left pleural effusion with basal atelectasis."]
+    studies = [[xray(0)], [xray(1), xray(2)]]
+    before = processor(images=studies, report=reports)
+    assert processor.tokenizer.padding_side == "right" and before["attention_mask"][0, -1] == 0  # right-padded
+
+    pipe = pipeline("image-text-to-text", model=model.eval(), processor=processor)
+    assert processor.tokenizer.padding_side == "left"  # what the pipeline does (transformers 5.25)
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.fromarray(xray(0))},
+                                             {"type": "text", "text": processor.instruction}]}]
+    generated = pipe(text=messages, return_full_text=False, max_new_tokens=4)[0]["generated_text"]
+    inputs = processor(images=[[xray(0)]])
+    with torch.no_grad():
+        direct = processor.batch_decode(model.generate(**inputs, max_new_tokens=4)[:, inputs["input_ids"].shape[1]:])[0]
+    assert generated == direct
+
+    after = processor(images=studies, report=reports)
+    for key in before:
+        assert torch.equal(after[key], before[key]), f"{key} is padded differently after the pipeline ran"
+    # trl's vision collator calls the processor this way (no padding_side) for standard datasets
+    texts = [processor.build_prompt(len(views)) + " " + report for views, report in zip(studies, reports)]
+    collated = processor(images=studies, text=texts, padding=True, return_tensors="pt")
+    assert collated["attention_mask"][0, -1] == 0 and collated["attention_mask"][0, 0] == 1
+    # batched generation still pads left when asked
+    assert processor(images=studies, padding_side="left")["attention_mask"][0, 0] == 0
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from helpers import make_full_run
@@ -96,6 +132,32 @@ def exported(tmp_path_factory):
     for index, name in enumerate(("frontal.png", "lateral.png", "other.png")):
         Image.fromarray(xray(index)).save(root / name)
     return out
+
+
+def test_multimodal_lm_auto_class_loads_the_export(exported):
+    """transformers 5.25's `AutoModelForMultimodalLM` (the Hub's generated snippets use it) loads an export to the same
+    model as `AutoModelForImageTextToText` (here through the local registration; as remote code in a fresh process
+    below and in tests/test_remote_code_compat.py)."""
+    import transformers
+    from packaging.version import Version
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modeling_rrg import RRGForConditionalGeneration
+
+    auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForMultimodalLM"] == auto_map["AutoModelForImageTextToText"] == (
+        "modeling_rrg.RRGForConditionalGeneration")
+    multimodal = getattr(transformers, "AutoModelForMultimodalLM", None)
+    if multimodal is None:
+        assert Version(transformers.__version__) < Version("5.25"), "transformers 5.25+ has AutoModelForMultimodalLM"
+        pytest.skip(f"transformers {transformers.__version__} has no AutoModelForMultimodalLM")
+    reference = AutoModelForImageTextToText.from_pretrained(exported).eval()
+    local = multimodal.from_pretrained(exported).eval()  # modeling_rrg is importable here: registered for the class
+    assert type(local) is RRGForConditionalGeneration
+    processor = AutoProcessor.from_pretrained(exported)
+    batch = processor(images=[[xray(0)], [xray(1), xray(2)]], padding_side="left")
+    with torch.no_grad():
+        torch.testing.assert_close(local(**batch).logits, reference(**batch).logits)
 
 
 FRESH_PIPELINES = """
@@ -131,6 +193,11 @@ messages = [{{"role": "user", "content": [{{"type": "image", "image": Image.open
                                           {{"type": "text", "text": instruction}}]}}]
 out = pipe(text=messages, return_full_text=False)
 assert out[0]["generated_text"] == direct, (out, direct)
+import transformers
+if hasattr(transformers, "AutoModelForMultimodalLM"):  # 5.25+: what the Hub's generated snippets load
+    multimodal = transformers.AutoModelForMultimodalLM.from_pretrained(name, trust_remote_code=True)
+    again = processor.batch_decode(multimodal.generate(**inputs)[:, inputs["input_ids"].shape[1]:])[0]
+    assert again == direct, (again, direct)
 two = pipe(text=[messages, messages], return_full_text=False)
 assert [o[0]["generated_text"] for o in two] == [direct, direct], two
 print(json.dumps({{"one": one, "batch": batch, "itt": out[0]["generated_text"]}}))

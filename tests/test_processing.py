@@ -157,3 +157,115 @@ def test_processor_save_load_round_trip(tmp_path, tiny):
     b = loaded(images=[[xray(0), xray(1)]], report="Normal.")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+REPORTS = ["The heart size is normal.", "Moderate right pleural effusion with adjacent atelectasis and a small nodule."]
+
+
+def _unpadded(processor, reports=REPORTS):
+    """Each study alone (nothing to pad): the reference rows a padded batch must contain."""
+    rows = [processor(images=[[xray(i)]], report=[r]) for i, r in enumerate(reports)]
+    return [{key: row[key][0].tolist() for key in ("input_ids", "labels")} for row in rows]
+
+
+def _expected(processor, rows, width, side):
+    pad = processor.tokenizer.pad_token_id
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for row in rows:
+        n = width - len(row["input_ids"])
+        for key, fill in (("input_ids", pad), ("labels", -100)):
+            out[key].append(([fill] * n + row[key]) if side == "left" else (row[key] + [fill] * n))
+        out["attention_mask"].append(([0] * n + [1] * len(row["input_ids"])) if side == "left"
+                                     else ([1] * len(row["input_ids"]) + [0] * n))
+    return out
+
+
+@pytest.mark.parametrize("padding", [True, "longest"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_to_the_longest_row_on_either_side(tiny, padding, side):
+    _, processor = tiny
+    rows = _unpadded(processor)
+    batch = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, padding=padding, padding_side=side)
+    width = max(len(r["input_ids"]) for r in rows)
+    expected = _expected(processor, rows, width, side)
+    for key in expected:
+        assert batch[key].tolist() == expected[key], key
+
+
+def test_padding_to_max_length_and_to_a_multiple(tiny):
+    _, processor = tiny
+    rows = _unpadded(processor)
+    longest = max(len(r["input_ids"]) for r in rows)
+    batch = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, padding="max_length", max_length=longest + 7)
+    assert batch["input_ids"].shape == (2, longest + 7)
+    expected = _expected(processor, rows, longest + 7, "right")
+    for key in expected:
+        assert batch[key].tolist() == expected[key], key
+    multiple = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, pad_to_multiple_of=16)
+    width = -(-longest // 16) * 16
+    assert multiple["input_ids"].tolist() == _expected(processor, rows, width, "right")["input_ids"]
+
+
+@pytest.mark.parametrize("padding", [False, "do_not_pad"])
+def test_no_padding_keeps_rows_as_they_are(tiny, padding):
+    _, processor = tiny
+    rows = _unpadded(processor)
+    lists = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, padding=padding, return_tensors=None)
+    assert lists["input_ids"] == [r["input_ids"] for r in rows]
+    assert lists["labels"] == [r["labels"] for r in rows]
+    assert lists["attention_mask"] == [[1] * len(r["input_ids"]) for r in rows]
+    with pytest.raises(ValueError, match="pass padding=True"):
+        processor(images=[[xray(0)], [xray(1)]], report=REPORTS, padding=padding)
+    same = processor(images=[[xray(0)], [xray(1)]], padding=padding)  # equal-length prompts need no padding
+    assert same["input_ids"].shape[0] == 2
+
+
+def test_return_tensors_pt_np_and_lists(tiny):
+    _, processor = tiny
+    pt = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, return_tensors="pt")
+    np_batch = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, return_tensors="np")
+    lists = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, return_tensors=None)
+    assert set(pt) == set(np_batch) == set(lists) == {"input_ids", "attention_mask", "labels", "pixel_values",
+                                                       "num_views"}
+    for key in pt:
+        assert isinstance(pt[key], torch.Tensor), key
+        assert isinstance(np_batch[key], np.ndarray), key
+        assert isinstance(lists[key], list), key
+        np.testing.assert_array_equal(np_batch[key], pt[key].numpy())
+        np.testing.assert_array_equal(np.asarray(lists[key]), pt[key].numpy())
+    assert pt["input_ids"].dtype == torch.long and np_batch["input_ids"].dtype == np.int64
+    with pytest.raises(ValueError, match="return_tensors must be"):
+        processor(images=[xray(0)], return_tensors="tf")
+
+
+def test_padding_side_per_call_beats_the_processor_and_the_tokenizer(tiny):
+    _, processor = tiny
+    assert processor.padding_side == "right"
+    right = processor(images=[[xray(0)], [xray(1)]], report=REPORTS)
+    processor.tokenizer.padding_side = "left"  # someone flips the shared tokenizer (as a pipeline does)
+    try:
+        assert torch.equal(processor(images=[[xray(0)], [xray(1)]], report=REPORTS)["input_ids"], right["input_ids"])
+        left = processor(images=[[xray(0)], [xray(1)]], report=REPORTS, padding_side="left")
+        rows = _unpadded(processor)
+        assert left["labels"].tolist() == _expected(processor, rows, right["input_ids"].shape[1], "left")["labels"]
+        processor.tokenizer.padding_side = "right"
+        assert torch.equal(processor(images=[[xray(0)], [xray(1)]], report=REPORTS, padding_side="left")["input_ids"],
+                           left["input_ids"])
+    finally:
+        processor.tokenizer.padding_side = "right"
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
+        processor(images=[xray(0)], padding_side="middle")
+
+
+def test_configured_padding_side_is_saved(tmp_path, tiny):
+    from transformers import AutoProcessor
+
+    from modeling_rrg import RRGProcessor
+
+    _, processor = tiny
+    left = RRGProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                        image_seq_length=processor.image_seq_length, padding_side="left")
+    left.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.padding_side == "left" and loaded.tokenizer.padding_side == "right"
+    assert loaded(images=[[xray(0)], [xray(1)]], report=REPORTS)["attention_mask"][0, 0] == 0

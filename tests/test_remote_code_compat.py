@@ -13,8 +13,9 @@ the same run on the locked stack.
 
 The environments are cached under `<repo>/.cache/venvs/` (or `$RRG_TEST_VENV_CACHE`), keyed by the exact versions:
 a marker written after a successful install says an environment is complete, creation is locked with a file lock, a
-failed install leaves nothing behind. Every passing run records the versions it tested in
-`hub_cards/tested_versions.json` (read by the model card and mirrored in the README).
+failed install leaves nothing behind. Every passing run records the versions it tested in a results file outside the
+source tree (`.cache/tested_versions.json`, or `$RRG_TESTED_VERSIONS_RESULTS`); `make tested-versions` runs this
+matrix and copies them into `hub_cards/tested_versions.json` (read by the model card) and the README.
 `RRG_COMPAT_TRANSFORMERS="5.0.0,5.23.0"` replaces the matrix with explicit versions (for bisecting a break).
 """
 
@@ -26,67 +27,30 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
+from packaging.version import Version
 from PIL import Image
 
 from helpers import REPO_ID, hub_cache, make_adapter_run, python_blocks, reference_batch, write_metrics, xray
+from training.release.tested_versions import (
+    STACK,
+    locked_version,
+    newest_on_index,
+    oldest_supported,
+    project_specs,
+    record_result,
+    results_path,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCK = REPO_ROOT / "requirements" / "lock.txt"
-TESTED = REPO_ROOT / "hub_cards" / "tested_versions.json"
 # The CPU build this project's venv runs on (a plain `torch` spec would pull a multi-GB CUDA build).
 TORCH_SPEC = f"torch=={torch.__version__.split('+')[0]}"
 MARKER = ".rrg-venv-ready.json"
-# The training stack resolved to its newest releases together for the training check.
-STACK = ("transformers", "trl", "peft", "accelerate", "datasets")
 
 pytestmark = pytest.mark.slow
-
-
-def _project_specs() -> dict[str, str]:
-    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    specs = {}
-    for dep in deps:
-        name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower()
-        specs[name] = dep.replace(" ", "")
-    return specs
-
-
-def oldest_supported() -> str:
-    spec = _project_specs()["transformers"]
-    floor = re.search(r">=([0-9][0-9.]*)", spec)
-    if floor is None:
-        raise AssertionError(f"pyproject.toml's {spec!r} has no lower bound (>=): the oldest supported is unknown.")
-    parts = floor.group(1).split(".")
-    return ".".join((parts + ["0", "0"])[:3])
-
-
-def locked(name: str) -> str:
-    for line in LOCK.read_text().splitlines():
-        if line.lower().startswith(f"{name}=="):
-            return line.split("==", 1)[1].strip()
-    raise AssertionError(f"{LOCK} pins no {name}; run `make lock`.")
-
-
-def newest(*requirements: str) -> dict[str, str]:
-    """The versions pip resolves today for `requirements` (within their ranges), asking the package index."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--no-deps",
-         "--disable-pip-version-check", "--report", "-", *requirements],
-        capture_output=True, text=True, timeout=300,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"Could not ask the package index for the newest {requirements}: pip said\n{proc.stderr[-2000:]}\n"
-            "The compatibility matrix needs the package index (PyPI) to resolve the newest releases."
-        )
-    report = json.loads(proc.stdout)
-    return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in report["install"]}
 
 
 def matrix() -> list[tuple[str, str]]:
@@ -94,9 +58,9 @@ def matrix() -> list[tuple[str, str]]:
     if explicit:
         return [(f"explicit-{v.strip()}", v.strip()) for v in explicit.split(",") if v.strip()]
     return [
-        ("oldest", oldest_supported()),
-        ("locked", locked("transformers")),
-        ("newest", newest(_project_specs()["transformers"])["transformers"]),
+        ("oldest", oldest_supported(REPO_ROOT)),
+        ("locked", locked_version("transformers", REPO_ROOT)),
+        ("newest", newest_on_index(project_specs(REPO_ROOT)["transformers"])["transformers"]),
     ]
 
 
@@ -134,23 +98,9 @@ def fresh_venv(name: str, requirements: list[str]) -> Path:
     return python
 
 
-def record_tested(key: str, value) -> None:
-    """Write what this run tested into `hub_cards/tested_versions.json` (file-locked: xdist workers share it)."""
-    _venv_root().parent.mkdir(parents=True, exist_ok=True)
-    with open(_venv_root().parent / "tested_versions.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(TESTED.read_text()) if TESTED.exists() else {}
-        if data.get(key) == value:
-            return
-        data[key] = value
-        data["tested_on"] = date.today().isoformat()
-        data["torch"] = torch.__version__.split("+")[0]
-        tmp = TESTED.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        tmp.replace(TESTED)
-        from training.release.tested_versions import sync_readme
-
-        sync_readme(REPO_ROOT / "README.md", data)
+def record_tested(role: str, value) -> None:
+    """Add what this run tested to the results file (never to a tracked file; `make tested-versions` promotes it)."""
+    record_result(results_path(REPO_ROOT), role, value, torch.__version__.split("+")[0])
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +159,16 @@ for name in {names!r}:
     torch.testing.assert_close(logits, torch.load("logits.pt"), atol=1e-5, rtol=1e-5,
                                msg=lambda m: "logits differ from the reference: " + m)
     torch.testing.assert_close(model.lm_head(hidden), logits, atol=1e-5, rtol=1e-5)
+    # transformers 5.25+ loads image-text-to-text models with AutoModelForMultimodalLM (the Hub's snippets do)
+    multimodal = getattr(transformers, "AutoModelForMultimodalLM", None)
+    if multimodal is None and {needs_multimodal!r}:
+        raise SystemExit(f"transformers {{transformers.__version__}} should have AutoModelForMultimodalLM")
+    if multimodal is not None:
+        other = multimodal.from_pretrained(name, trust_remote_code=True).eval()
+        assert type(other).__name__ == "RRGForConditionalGeneration", type(other)
+        assert type(other).__module__.startswith("transformers_modules"), type(other).__module__
+        with torch.no_grad():
+            torch.testing.assert_close(other(**batch).logits, logits, atol=1e-5, rtol=1e-5)
     views = [Image.open("frontal.png"), Image.open("lateral.png")]
     inputs = processor(images=views)
     direct = processor.batch_decode(model.generate(**inputs, max_new_tokens=20, do_sample=False)[:, inputs["input_ids"].shape[1]:])[0]
@@ -249,7 +209,10 @@ def test_export_loads_in_fresh_venv(release, role, version):
     root = release["root"]
     env = {"HF_HUB_CACHE": str(release["cache"]), "HF_HOME": str(root / f"hf_home-{version}")}
     what = f"The exported remote code on transformers {version} ({role} supported release)"
-    out = _run(python, CHECKS.format(version=version, names=[str(release["export"]), REPO_ID]), root, env, what)
+    # AutoModelForMultimodalLM appeared in transformers 5.25: from there on the export must load through it too.
+    needs_multimodal = Version(version) >= Version("5.25")
+    code = CHECKS.format(version=version, names=[str(release["export"]), REPO_ID], needs_multimodal=needs_multimodal)
+    out = _run(python, code, root, env, what)
     results = json.loads(out.strip().splitlines()[-1])
     # Local folder and Hub cache give the same report, and it is the greedy report of the reference here.
     assert results[str(release["export"])] == results[REPO_ID] == release["report"], (what, results, release["report"])
@@ -280,11 +243,13 @@ TRAIN_SCRIPT = Path(__file__).with_name("compat_train_run.py")
 def test_two_stages_train_alike_on_the_newest_stack(tmp_path):
     """A short stage-1 + stage-2 run on the newest transformers/trl/peft/accelerate/datasets (resolved today) gives
     the same trained model as on the locked stack."""
-    specs = _project_specs()
-    versions = newest(*(specs[name] for name in STACK))
+    specs = project_specs(REPO_ROOT)
+    versions = newest_on_index(*(specs[name] for name in STACK))
+    # The project's other dependencies within their ranges; the project itself runs from the checkout (PYTHONPATH),
+    # so nothing is built from the source tree.
     python = fresh_venv(
         "stack-" + "-".join(f"{name}{versions[name]}" for name in STACK),
-        [f"{name}=={versions[name]}" for name in STACK] + [str(REPO_ROOT)],
+        [f"{name}=={versions[name]}" for name in STACK] + [spec for name, spec in specs.items() if name not in STACK],
     )
     stack = ", ".join(f"{name} {versions[name]}" for name in STACK)
     reference = _run(Path(sys.executable), [str(TRAIN_SCRIPT), str(tmp_path / "locked")], REPO_ROOT,

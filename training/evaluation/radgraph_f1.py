@@ -101,7 +101,7 @@ class RadGraphScorer:
         try:
             from radgraph import RadGraph
         except ImportError as error:
-            raise ImportError("RadGraph-F1 needs the `radgraph` package: `pip install rrg[radgraph]`.") from error
+            raise ImportError("RadGraph-F1 needs the `radgraph` package: `pip install radgraph` (or the `radgraph` extra of rrg-cxr).") from error
         check_radgraph_runtime()
 
         # the package looks for `<cache dir>/<model_type>` and downloads when it is absent: point it at a

@@ -53,7 +53,7 @@ def compute_bertscore(
     try:
         from bert_score.utils import bert_cos_score_idf, get_model
     except ImportError as error:
-        raise ImportError("BERTScore needs the `bert-score` package: `pip install rrg[bertscore]`.") from error
+        raise ImportError("BERTScore needs the `bert-score` package: `pip install bert-score` (or the `bertscore` extra of rrg-cxr).") from error
 
     predictions, references = check_pairs(predictions, references)
     if not os.path.isdir(model_path):
