@@ -31,7 +31,7 @@ PREDICTIONS = [
 # ----------------------------------------------------------------------------------------------------------- rewards
 def test_clinical_f1_is_the_ce_tables_example_f1():
     """Per report, clinical_f1 is the example-based CE-F1 of `rrg evaluate` (same labeler, same counts)."""
-    from training.evaluation.ce_variants import ce_counts, ce_variants_from_counts
+    from training.evaluation.metrics.clinical import ce_counts, ce_variants_from_counts
     from training.evaluation.labeler import RuleBasedLabeler
     from training.rl.rewards import ClinicalF1Reward
 
@@ -62,26 +62,15 @@ def test_clinical_f1_negative_mentions_must_agree():
         ClinicalF1Reward(mentions=["typo"])
 
 
-def test_bleu_and_rouge_are_evaluations_per_report_scores():
-    from pycocoevalcap.rouge.rouge import Rouge
+def test_rewards_are_the_registrys_per_report_scores():
+    from training.evaluation.metrics.registry import per_report_scores
+    from training.rl.rewards import BleuReward, ClinicalF1Reward, RougeLReward
 
-    from training.evaluation.bootstrap import bleu_stats
-    from training.evaluation.scorecard import metric_stats
-    from training.rl.rewards import BleuReward, RougeLReward
-
-    preds, refs = PREDICTIONS[:3], REPORTS[:3]
-    bleu = BleuReward()(completions=preds, report=refs)
-    # One report at a time through evaluation's own BLEU: the corpus BLEU of a one-report corpus.
-    for p, r, score in zip(preds, refs, bleu, strict=True):
-        stats, _ = metric_stats([p], [r], meteor=False)
-        assert score == pytest.approx(next(m for m in stats if m.name == "BLEU-4").value())
-    rouge = RougeLReward()(completions=preds, report=refs)
-    from training.data.reports import clean_report
-
-    _, expected = Rouge().compute_score({i: [clean_report(r)] for i, r in enumerate(refs)},
-                                        {i: [clean_report(p)] for i, p in enumerate(preds)})
-    assert np.allclose(rouge, expected)
-    assert len(bleu_stats(["a"], ["a"])) == 4
+    for reward, name in ((BleuReward(), "BLEU-4"), (BleuReward(order=2), "BLEU-2"), (RougeLReward(), "ROUGE-L"),
+                         (ClinicalF1Reward(), "ce_rule_f1_example_14_uncertain_negative"),
+                         (ClinicalF1Reward(uncertain="positive"), "ce_rule_f1_example_14_uncertain_positive")):
+        scores = reward(prompts=[""] * 4, completions=PREDICTIONS, report=REPORTS)
+        assert np.allclose(scores, per_report_scores(name, PREDICTIONS, REPORTS, zero_division=1.0)), name
 
 
 def test_length_reward_and_composition():
@@ -155,9 +144,9 @@ def adapter_weights(folder):
 def test_prompt_is_the_processors_training_prompt(workspace, stage2, tmp_path, monkeypatch):
     """What generate and the scored forward get: the collator's training prompt token for token, every view's image
     tokens, and the cached features (multi-view studies)."""
+    from training.model_io import load_trained
     from training.rl import grpo
     from training.sft.feature_cache import FeatureCache
-    from training.sft.loading import load_trained
     from training.sft.train import RRGDataCollator
 
     seen = {}
@@ -208,7 +197,7 @@ def test_reward_moves_the_model_towards_the_rewarded_finding(workspace, stage2, 
     only does not (the reward, not the training, moves the model)."""
     from training.data.images import load_image
     from training.evaluation.generation import generate_batch
-    from training.sft.loading import load_trained
+    from training.model_io import load_trained
 
     _, processor = load_trained(stage2)
     FINDING["tokens"] = {processor.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in EFFUSION_WORDS}
@@ -254,8 +243,8 @@ def test_reward_moves_the_model_towards_the_rewarded_finding(workspace, stage2, 
 def test_outputs_and_resume_equal_a_straight_run(workspace, stage2, tmp_path, monkeypatch):
     """Checkpoints, rrg_run.json, model/ (loads through load_trained, over stage 2), rewards per step, samples;
     a run resumed from its mid-run checkpoint ends with the straight run's weights; the run guard refuses reuse."""
+    from training.model_io import load_trained
     from training.rl import grpo
-    from training.sft.loading import load_trained
 
     straight = rl_run(rl_recipe(workspace, tmp_path / "straight", stage2))
     trainer_cls = grpo._grpo_trainer_class()

@@ -286,14 +286,14 @@ def samples_callback(trainer, count: int):
     return SamplesCallback()
 
 
-def train(args, reward_args: RRGRewardArguments, training_args, model_args) -> Path:
-    """Run stage 3; returns the final model folder."""
+def train(args, data_args, reward_args: RRGRewardArguments, training_args, model_args) -> Path:
+    """Run stage 3; returns the final model folder (the groups of [`parse_args`])."""
     from accelerate import PartialState
     from transformers import set_seed
 
+    from ..model_io import parse_dtype
     from ..run_guard import LogOnSaveCallback
     from ..sft import distributed
-    from ..sft.loading import parse_dtype
     from ..sft.model_setup import build_model_and_processor, configure_trainable, count_parameters, lora_config
     from ..sft.train import (
         RRGDataCollator,
@@ -316,9 +316,9 @@ def train(args, reward_args: RRGRewardArguments, training_args, model_args) -> P
     state = PartialState()
     set_seed(training_args.seed)
     dtype = parse_dtype(model_args.dtype)
-    manifest = run_manifest(args, training_args, model_args)
+    manifest = run_manifest(args, data_args, training_args, model_args)
     manifest["recipe"]["rewards"] = _jsonable(asdict(reward_args))
-    train_dataset, eval_dataset, skipped_images = start_run(args, training_args, manifest, state)
+    train_dataset, eval_dataset, skipped_images = start_run(args, data_args, training_args, manifest, state)
 
     with distributed.model_init_context(training_args):
         model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
@@ -352,7 +352,7 @@ def train(args, reward_args: RRGRewardArguments, training_args, model_args) -> P
     eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
     rewards_history = [{k: v for k, v in row.items() if k == "step" or k.startswith(("reward", "completions/"))}
                        for row in trainer.state.log_history if any(k.startswith("reward") for k in row)]
-    summary = run_summary(args, training_args, model_args, trainer, result, state,
+    summary = run_summary(args, data_args, training_args, model_args, trainer, result, state,
                           mode="lora" if peft_config is not None else "full", counts=counts, base_models=base_models,
                           train_rows=len(train_dataset), skipped_images=skipped_images, manifest=manifest,
                           eval_metrics=eval_metrics, start=start)
@@ -363,19 +363,15 @@ def train(args, reward_args: RRGRewardArguments, training_args, model_args) -> P
 
 
 def parse_args(argv=None):
-    """`--config recipe.yaml` + overrides -> (RRGScriptArguments, RRGRewardArguments, GRPOConfig, ModelConfig)."""
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    """`--config recipe.yaml` + overrides -> `(RRGScriptArguments, DataArguments, RRGRewardArguments, GRPOConfig,
+    ModelConfig)`."""
+    from trl import GRPOConfig, ModelConfig
 
+    from ..arguments import DataArguments, parse_command
     from ..sft.train import RRGScriptArguments, _checkpointing_field_names
 
-    parser = TrlParser((RRGScriptArguments, RRGRewardArguments, GRPOConfig, ModelConfig))
     argv = _checkpointing_field_names(list(sys.argv[1:] if argv is None else argv), GRPOConfig)
-    try:
-        return tuple(parser.parse_args_and_config(args=argv))
-    except ValueError as err:
-        if "Unknown arguments" in str(err):
-            raise ValueError(f"{err} Run `rrg train --config <stage-3 recipe> --help` for the recipe fields.") from err
-        raise
+    return parse_command("train", (RRGScriptArguments, DataArguments, RRGRewardArguments, GRPOConfig, ModelConfig), argv)
 
 
 def main(argv=None) -> int:

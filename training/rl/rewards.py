@@ -10,9 +10,10 @@ reward_weights: [1.0, 0.5, 0.2]
 ```
 
 trl logs each one per step as `rewards/<name>/mean` (and `/std`). The scores are the evaluation's own, per report:
-the CheXpert labels come from the labeler evaluation uses (`rule`, or CheXbert with a checkpoint), the CE counts
-from `training.evaluation.ce_variants.ce_counts`, BLEU from `training.evaluation.bootstrap.bleu_stats` and ROUGE-L
-from pycocoevalcap, on text cleaned as `rrg evaluate` cleans it — there is no second labeler or BLEU here.
+each is the metric registry's per-report score (`training.evaluation.metrics.registry.per_report_scores`: the
+labeler evaluation uses, `rule` or CheXbert with a checkpoint; sentence BLEU-n, ROUGE-L and RadGraph-F1 on text
+prepared as `rrg evaluate` prepares it) — there is no second labeler or BLEU here. Negative / uncertain mentions
+pool their counts with `ce_counts`'s positive ones.
 
 - `clinical_f1`: F1 of the CheXpert mentions of a completion against its reference (per report; 1.0 when neither
   mentions anything). `mentions` picks which mentions count (`positive`, and optionally `negative`, `uncertain`:
@@ -146,7 +147,7 @@ class ClinicalF1Reward(_Reward):
     def counts(self, predictions: list[str], references: list[str]) -> np.ndarray:
         """`(reports, 3)` true positives, false positives and false negatives of the counted mentions."""
         from ..data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, UNCERTAIN
-        from ..evaluation.ce_variants import ce_counts
+        from ..evaluation.metrics.clinical import ce_counts
 
         pred, ref = self.labels(predictions), self.labels(references)
         total = np.zeros((len(predictions), 3), dtype=float)
@@ -159,7 +160,17 @@ class ClinicalF1Reward(_Reward):
                 total += np.stack([(p & r).sum(1), (p & ~r).sum(1), (r & ~p).sum(1)], axis=1)
         return total
 
+    @property
+    def variant(self) -> str:
+        """The metrics.json name whose per-report score this reward is (positive mentions only)."""
+        from ..evaluation.metrics.clinical import labeler_key
+
+        return f"ce_{labeler_key(self.labeler.name)}_f1_example_14_uncertain_{self.uncertain}"
+
     def score(self, predictions, references, **kwargs) -> np.ndarray:
+        if self.mentions == ("positive",):  # exactly the registry's per-report example-based CE-F1
+            return _registry_scores(self.variant, predictions, references, labeler=_CachedLabeler(self),
+                                    zero_division=self.zero_division)
         tp, fp, fn = self.counts(predictions, references).T
         denominator = 2 * tp + fp + fn
         out = np.full(len(predictions), self.zero_division)
@@ -167,14 +178,18 @@ class ClinicalF1Reward(_Reward):
         return out
 
 
-def _cleaned(predictions: list[str], references: list[str], clean: str | None) -> tuple[list[str], list[str]]:
-    """Both sides as `rrg evaluate` scores them (R2Gen cleaning, whitespace-normalised)."""
-    if clean:
-        from ..data.reports import clean_report
+class _CachedLabeler:
+    """The reward's labeler behind its label cache (references repeat num_generations times)."""
 
-        predictions = [clean_report(p, style=clean) for p in predictions]
-        references = [clean_report(r, style=clean) for r in references]
-    return [" ".join(p.split()) for p in predictions], [" ".join(r.split()) for r in references]
+    def __init__(self, reward: ClinicalF1Reward):
+        self.name, self.label_batch = reward.labeler.name, reward.labels
+
+
+def _registry_scores(name: str, predictions, references, **settings) -> np.ndarray:
+    """One score per pair from the evaluation's metric registry (`per_report_scores`): the one implementation."""
+    from ..evaluation.metrics.registry import per_report_scores
+
+    return np.asarray(per_report_scores(name, list(predictions), list(references), **settings), dtype=float)
 
 
 class BleuReward(_Reward):
@@ -194,11 +209,7 @@ class BleuReward(_Reward):
         self.order, self.clean = order, clean
 
     def score(self, predictions, references, **kwargs) -> np.ndarray:
-        from ..evaluation.bootstrap import bleu_stats
-
-        hyps, refs = _cleaned(predictions, references, self.clean)
-        metric = bleu_stats(hyps, refs, n=4)[self.order - 1]
-        return metric.combine(metric.stats, np.ones(len(hyps)))  # each row scored alone: sentence BLEU
+        return _registry_scores(f"BLEU-{self.order}", predictions, references, clean=self.clean)
 
 
 class RougeLReward(_Reward):
@@ -211,11 +222,7 @@ class RougeLReward(_Reward):
         self.clean = clean
 
     def score(self, predictions, references, **kwargs) -> np.ndarray:
-        from pycocoevalcap.rouge.rouge import Rouge
-
-        hyps, refs = _cleaned(predictions, references, self.clean)
-        scorer = Rouge()
-        return np.array([scorer.calc_score([h], [r]) if h else 0.0 for h, r in zip(hyps, refs, strict=True)])
+        return _registry_scores("ROUGE-L", predictions, references, clean=self.clean)
 
 
 class LengthReward(_Reward):
@@ -249,25 +256,18 @@ class RadGraphReward(_Reward):
 
     def __init__(self, radgraph_model=None, level: str = "partial", reference_column: str = "report"):
         super().__init__(reference_column)
-        from ..evaluation.radgraph_f1 import RADGRAPH_LEVELS, check_radgraph_folder, check_radgraph_runtime
+        from ..evaluation.radgraph_f1 import RADGRAPH_LEVELS, check_radgraph_folder
 
         if radgraph_model is None:
             raise ValueError("The radgraph reward needs a RadGraph model folder: set reward_radgraph_model to a "
                              "released RadGraph model extracted locally (config.json, vocabulary/, weights.th).")
         if level not in RADGRAPH_LEVELS:
             raise ValueError(f"radgraph level must be one of {RADGRAPH_LEVELS}, got {level!r}.")
-        check_radgraph_folder(radgraph_model)
-        check_radgraph_runtime()
-        self.radgraph_model, self.level, self._scorer = radgraph_model, level, None
+        self.radgraph_model, self.level = str(check_radgraph_folder(radgraph_model)), level
 
     def score(self, predictions, references, **kwargs) -> np.ndarray:
-        from ..evaluation.radgraph_f1 import RadGraphScorer
-
-        if self._scorer is None:
-            self._scorer = RadGraphScorer(self.radgraph_model)
-        per_report = self._scorer.score(predictions, references)["per_report"]
-        key = next(k for k in per_report if k.lower().endswith(self.level))
-        return np.asarray(per_report[key], dtype=float)
+        return _registry_scores(f"RadGraph-F1-{self.level}", predictions, references,
+                                radgraph_model=self.radgraph_model)
 
 
 REWARDS: dict[str, type[_Reward]] = {
