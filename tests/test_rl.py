@@ -31,8 +31,8 @@ PREDICTIONS = [
 # ----------------------------------------------------------------------------------------------------------- rewards
 def test_clinical_f1_is_the_ce_tables_example_f1():
     """Per report, clinical_f1 is the example-based CE-F1 of `rrg evaluate` (same labeler, same counts)."""
-    from training.evaluation.metrics.clinical import ce_counts, ce_variants_from_counts
     from training.evaluation.labeler import RuleBasedLabeler
+    from training.evaluation.metrics.clinical import ce_counts, ce_variants_from_counts
     from training.rl.rewards import ClinicalF1Reward
 
     labeler = RuleBasedLabeler()
