@@ -90,17 +90,17 @@ def test_length_reward_and_composition():
         build_rewards(["radgraph"], {"radgraph": {"radgraph_model": None}})
 
 
-# The tokens that say "pleural effusion" (and on which side) in the model's tokenizer, set by the learning test.
+# The words that say "pleural effusion" (and on which side and how large); FINDING: their tokens in the model's
+# tokenizer, set by the learning test.
 FINDING = {"tokens": set()}
 EFFUSION_WORDS = (" effusion", " effusions", " pleural", " fluid", " left", " right", " small", " large")
 
 
-def favour_effusion(prompts=None, completions=None, completion_ids=None, **kwargs):
-    """A reward for the learning test: the share of a completion's tokens that describe an effusion (dense, so a
+def favour_effusion(prompts=None, completions=None, **kwargs):
+    """A reward for the learning tests: the share of a completion's words that describe an effusion (dense, so a
     tiny random LM gets a signal from most groups)."""
-    if completion_ids is None:
-        return [1.0 if "effusion" in c.lower() else 0.0 for c in completions]
-    return [sum(t in FINDING["tokens"] for t in ids) / max(len(ids), 1) for ids in completion_ids]
+    words = {w.strip() for w in EFFUSION_WORDS}
+    return [sum(w in words for w in c.lower().split()) / max(len(c.split()), 1) for c in completions]
 
 
 # ------------------------------------------------------------------------------------------------------- training
@@ -297,17 +297,25 @@ def test_rrg_train_dispatches_stage_3(tmp_path):
 def test_ddp_equals_one_process(workspace, stage2, tmp_path):
     """torchrun with 2 CPU processes x 4 rows trains stage 3 to the weights of 1 process x 8 rows: seeded
     generation samples each study's completions the same whatever the batch, and trl gathers the rewards."""
-    common = dict(max_steps=2, save_steps=100, learning_rate=1e-3, use_cpu=False, num_generations=4)
+    # Full fine-tuning and a dense reward (see the learning test), so two steps really move the weights.
+    common = dict(max_steps=2, save_steps=100, learning_rate=1e-3, use_cpu=False, num_generations=4, use_peft=False,
+                  reward_funcs=["test_rl:favour_effusion"], reward_weights=[1.0], max_completion_length=16)
     single = rl_run(rl_recipe(workspace, tmp_path / "single", stage2, per_device_train_batch_size=8, **common))
     config = rl_recipe(workspace, tmp_path / "ddp", stage2, per_device_train_batch_size=4, **common)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "training.sft.train", "--config", str(config)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = tmp_path / "ddp"
     summary = json.loads((ddp / "model" / "rrg_training.json").read_text())
     assert summary["distributed"] == "ddp" and summary["world_size"] == 2
-    a, b = adapter_weights(single.parent), adapter_weights(ddp)
+    from safetensors.torch import load_file
+
+    from training.model_io import load_trained
+
+    start = dict(load_trained(stage2)[0].state_dict())
+    a, b = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model" / "model.safetensors"))
+    assert any(not torch.allclose(a[k], start[k], atol=1e-4) for k in a if k in start)  # training moved them
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)

@@ -312,7 +312,12 @@ def train(args, data_args, reward_args: RRGRewardArguments, training_args, model
     if not model_args.model_name_or_path:
         raise ValueError("Stage 3 starts from a trained folder: set model_name_or_path to stage 2's output folder.")
     start = time.time()
+    # `setup` may rebuild the config (use_cpu on CPU processes), re-running GRPOConfig's __post_init__, which refuses
+    # both generation_batch_size and steps_per_generation set (as its first run left them): it recomputes the former.
+    generation_batch_size, training_args.generation_batch_size = training_args.generation_batch_size, None
     training_args = distributed.setup(training_args)
+    if training_args.generation_batch_size is None:
+        training_args.generation_batch_size = generation_batch_size
     state = PartialState()
     set_seed(training_args.seed)
     dtype = parse_dtype(model_args.dtype)
