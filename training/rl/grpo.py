@@ -309,6 +309,13 @@ def train(args, data_args, reward_args: RRGRewardArguments, training_args, model
 
     if args.stage != 3:
         raise ValueError(f"training.rl trains stage 3, got stage={args.stage}; stages 1-2 are training.sft's.")
+    if training_args.use_vllm:
+        raise ValueError(
+            "use_vllm is not supported for rrg: trl's vLLM path hands vLLM prompt token ids and PIL images, and vLLM "
+            "runs its own implementation of the architecture, which it has none of for rrg's remote code (soft visual "
+            "prompts from image_features / num_views, several views per study). Generate with transformers (the "
+            "default); see the README's stage-3 section."
+        )
     if not model_args.model_name_or_path:
         raise ValueError("Stage 3 starts from a trained folder: set model_name_or_path to stage 2's output folder.")
     start = time.time()
