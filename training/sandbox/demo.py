@@ -58,7 +58,7 @@ class DemoConfig:
     num_visual_tokens: int | None = None  # 16 patch tokens per view (64 px / 16 px patches)
     eval_batch_size: int = 32
     max_new_tokens: int = 96
-    stage3_steps: int = 40  # GRPO steps of stage 3 (training/rl/recipes/demo_stage3.yaml); 0 skips stage 3
+    stage3_steps: int = 60  # GRPO steps of stage 3 (training/rl/recipes/demo_stage3.yaml); 0 skips stage 3
     seed: int = 0
 
     @classmethod
