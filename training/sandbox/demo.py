@@ -65,7 +65,7 @@ class DemoConfig:
     def small(cls) -> "DemoConfig":
         """A few-minute version that still learns to read the images (used by the end-to-end learning test)."""
         return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=20, stage1_epochs=1,
-                   stage2_epochs=5, max_new_tokens=80)
+                   stage2_epochs=5, max_new_tokens=80, stage3_steps=20)  # stage 3 shortened: a test runs it
 
     @classmethod
     def quick(cls) -> "DemoConfig":
