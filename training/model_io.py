@@ -102,7 +102,10 @@ def load_trained(path: str | Path, merge: bool = True, dtype: torch.dtype | None
 
         peft_config = PeftConfig.from_pretrained(str(path))
         base_path = resolve_model_dir(peft_config.base_model_name_or_path)
-        base = RRGForConditionalGeneration.from_pretrained(base_path, **kwargs)
+        if is_adapter_dir(base_path):  # an adapter trained on an adapter (stage 3 on stage 2): its base, merged
+            base, _ = load_trained(base_path, merge=True, dtype=dtype)
+        else:
+            base = RRGForConditionalGeneration.from_pretrained(base_path, **kwargs)
         model = PeftModel.from_pretrained(base, str(path))
         if merge:
             model = model.merge_and_unload()

@@ -175,6 +175,9 @@ def _stage_context(summary: dict) -> dict:
         0: "assembled backbones (untrained projector)",
         1: "alignment: the projector learns to map image features to soft visual prompts",
         2: "fine-tuning: LoRA on the LLM attention (and the projector) learns to write reports",
+        3: "reinforcement learning (GRPO): a LoRA (and the projector) maximises the rewards "
+           + ", ".join(f"{n} x {w:g}" for n, w in zip((summary.get("rewards") or {}).get("names", []),
+                                                     (summary.get("rewards") or {}).get("weights", []), strict=False)),
     }.get(stage, "training")
     return {
         "stage": stage,

@@ -10,7 +10,9 @@ data/                  synthetic benchmark (annotation.json + images/)
 backbones/text         pretrained LM + tokenizer      backbones/vision   pretrained ViT + image processor
 features/              frozen-encoder feature cache (shared by both stages)
 stage1/ stage2/        checkpoints, TensorBoard runs/, and model/ (the complete save_pretrained folder)
+stage3/                GRPO from stage 2 (training/rl): the same, plus samples.jsonl (completions with their rewards)
 eval/ eval_shuffled/   predictions.jsonl, metrics.json, metrics.md (true vs shuffled images)
+eval_stage3/ eval_stage3_shuffled/ compare_stage2_stage3.{json,md}   stage 3, and stage 3 vs stage 2
 export/                Hub-ready folder (merged model, remote code, processor, model card)
 summary.json summary.md
 ```
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DemoConfig", "run_demo", "main"]
 
 RECIPES = Path(__file__).resolve().parents[1] / "sft" / "recipes"
+RL_RECIPES = Path(__file__).resolve().parents[1] / "rl" / "recipes"
 
 
 @dataclass
@@ -55,19 +58,20 @@ class DemoConfig:
     num_visual_tokens: int | None = None  # 16 patch tokens per view (64 px / 16 px patches)
     eval_batch_size: int = 32
     max_new_tokens: int = 96
+    stage3_steps: int = 60  # GRPO steps of stage 3 (training/rl/recipes/demo_stage3.yaml); 0 skips stage 3
     seed: int = 0
 
     @classmethod
     def small(cls) -> "DemoConfig":
         """A few-minute version that still learns to read the images (used by the end-to-end learning test)."""
         return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=20, stage1_epochs=1,
-                   stage2_epochs=5, max_new_tokens=80)
+                   stage2_epochs=5, max_new_tokens=80, stage3_steps=20)  # stage 3 shortened: a test runs it
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         return cls(num_train=96, num_val=8, num_test=16, vision_hidden=32, vision_layers=2, text_hidden=32,
                    text_layers=2, heads=2, vocab_size=400, lm_steps=20, vit_epochs=1, stage1_epochs=1,
-                   stage2_epochs=1, eval_batch_size=16, max_new_tokens=24)
+                   stage2_epochs=1, eval_batch_size=16, max_new_tokens=24, stage3_steps=2)
 
 
 def _timed(name, timings):
@@ -161,13 +165,15 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                                       output_dir=out / "eval_stage1", split="test", model=stage1_model,
                                       processor=stage1_processor, overwrite=True)
 
+    stage3 = _stage3(out, data, config, common, generation, timings) if config.stage3_steps else None
+
     exported = None
     if export:
         with _timed("export", timings):
             exported = _export(stage2_dir, out / "export", out / "eval")
 
     stage_summaries = {name: json.loads((out / name / "model" / "rrg_training.json").read_text())
-                       for name in ("stage1", "stage2")}
+                       for name in ("stage1", "stage2", "stage3") if (out / name / "model").is_dir()}
     summary = {
         "config": asdict(config),
         "timings_seconds": {**timings, "total": round(time.time() - total_start, 1)},
@@ -178,12 +184,51 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
         "test_intervals": {"stage2_true_images": _headline_intervals(true_metrics),
                            "stage2_shuffled_images": _headline_intervals(shuffled_metrics),
                            "stage1_true_images": _headline_intervals(stage1_metrics) if stage1_metrics else {}},
+        **(stage3 or {}),
         "export": str(exported) if exported else None,
         "tokenizer_vocab": len(AutoTokenizer.from_pretrained(text_dir)),
     }
+    if stage3:
+        for key in ("test", "test_intervals"):
+            summary[key].update(summary.pop(f"stage3_{key}"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_table(summary))
     return summary
+
+
+def _stage3(out: Path, data: Path, config: DemoConfig, common: list, generation, timings: dict) -> dict:
+    """Stage 3 (GRPO with clinical rewards) from stage 2, evaluated like stage 2 (true and shuffled images), and the
+    paired test of stage 3 against stage 2 on the same studies (`rrg compare`)."""
+    from ..evaluation.compare import compare_predictions, to_markdown
+    from ..evaluation.evaluator import evaluate
+    from ..model_io import load_trained
+    from ..rl.grpo import parse_args as parse_stage3_args
+    from ..rl.grpo import train as train_stage3
+
+    stage3_dir = out / "stage3"
+    with _timed("stage3", timings):
+        train_stage3(*parse_stage3_args([
+            "--config", str(RL_RECIPES / "demo_stage3.yaml"), "--output_dir", str(stage3_dir),
+            "--model_name_or_path", str(out / "stage2"), "--max_steps", str(config.stage3_steps),
+            "--max_completion_length", str(config.max_new_tokens), *common]))
+    with _timed("evaluate_stage3", timings):
+        model, processor = load_trained(stage3_dir, merge=True)
+        true_metrics = evaluate(stage3_dir, data, generation, output_dir=out / "eval_stage3", split="test",
+                                model=model, processor=processor, overwrite=True)
+        shuffled_metrics = evaluate(stage3_dir, data, generation, output_dir=out / "eval_stage3_shuffled",
+                                    split="test", model=model, processor=processor, shuffle_images_seed=config.seed,
+                                    overwrite=True)
+        comparison = compare_predictions(out / "eval" / "predictions.jsonl", out / "eval_stage3" / "predictions.jsonl")
+        (out / "compare_stage2_stage3.json").write_text(json.dumps(comparison, indent=2))
+        (out / "compare_stage2_stage3.md").write_text(to_markdown(comparison))
+    rows = ("BLEU-4", "ROUGE-L", "ce_rule_f1_micro_14_uncertain_negative")
+    return {
+        "stage3_test": {"stage3_true_images": _headline(true_metrics),
+                        "stage3_shuffled_images": _headline(shuffled_metrics)},
+        "stage3_test_intervals": {"stage3_true_images": _headline_intervals(true_metrics),
+                                  "stage3_shuffled_images": _headline_intervals(shuffled_metrics)},
+        "stage3_vs_stage2": {name: comparison["metrics"][name] for name in rows if name in comparison["metrics"]},
+    }
 
 
 def _export(stage2_dir: Path, export_dir: Path, eval_dir: Path):
@@ -229,17 +274,28 @@ def _cell(value, interval=None) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+COLUMNS = (("stage2_true_images", "stage 2, true images"), ("stage2_shuffled_images", "stage 2, shuffled images"),
+           ("stage1_true_images", "stage 1, true images"), ("stage3_true_images", "stage 3, true images"),
+           ("stage3_shuffled_images", "stage 3, shuffled images"))
+
+
 def summary_table(summary: dict) -> str:
     test = summary["test"]
     names = list(test["stage2_true_images"].keys())
+    columns = [(key, title) for key, title in COLUMNS if key in test]
     lines = ["Values with 95% paired-bootstrap intervals [low, high].", "",
-             "| metric | stage 2, true images | stage 2, shuffled images | stage 1, true images |",
-             "| --- | ---: | ---: | ---: |"]
+             "| metric | " + " | ".join(title for _, title in columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
     for name in names:
-        row = [test[k].get(name) for k in ("stage2_true_images", "stage2_shuffled_images", "stage1_true_images")]
-        cis = [summary.get("test_intervals", {}).get(k, {}).get(name)
-               for k in ("stage2_true_images", "stage2_shuffled_images", "stage1_true_images")]
+        row = [test[k].get(name) for k, _ in columns]
+        cis = [summary.get("test_intervals", {}).get(k, {}).get(name) for k, _ in columns]
         lines.append(f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, cis)) + " |")
+    if summary.get("stage3_vs_stage2"):
+        lines += ["", "Stage 3 - stage 2 on the same test studies (paired bootstrap, `rrg compare`):", "",
+                  "| metric | stage 3 - stage 2 | 95% CI | p |", "| --- | ---: | :---: | ---: |"]
+        for name, r in summary["stage3_vs_stage2"].items():
+            lines.append(f"| {name} | {r['difference']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] | "
+                         f"{r['p_value']:.4f} |")
     lines += ["", "| stage | mode | trainable | frozen | train loss | steps |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, s in summary["stages"].items():
         lines.append(f"| {name} | {s['mode']} | {s['trainable_parameters']:,} | {s['frozen_parameters']:,} | "

@@ -214,18 +214,18 @@ def configure_trainable(model, args, use_peft: bool) -> None:
     """
     Freeze / unfreeze by module name for the stage.
 
-    Stage 1: projector only. Stage 2 LoRA: adapters on the LLM + projector (as `modules_to_save`). Stage 2 full:
-    LLM + LM head + projector. `train_vision_tower` adds the encoder in any stage.
+    Stage 1: projector only. Stage 2 (and 3) LoRA: adapters on the LLM + projector (as `modules_to_save`). Stage 2
+    (and 3) full: LLM + LM head + projector. `train_vision_tower` adds the encoder in any stage.
     """
-    if args.stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {args.stage}.")
+    if args.stage not in (1, 2, 3):
+        raise ValueError(f"stage must be 1, 2 or 3 (reinforcement learning, training/rl), got {args.stage}.")
     if args.stage == 1 and use_peft:
         raise ValueError("Stage 1 trains only the projector; set use_peft false (LoRA belongs to stage 2).")
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
     if args.train_vision_tower:
         model.model.vision_tower.requires_grad_(True)
-    if args.stage == 2 and not use_peft:
+    if args.stage >= 2 and not use_peft:  # stage 3 trains what stage 2 trains
         model.model.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
 

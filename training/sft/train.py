@@ -50,6 +50,11 @@ __all__ = [
     "add_length_column",
     "load_recipe_splits",
     "train",
+    "start_run",
+    "run_summary",
+    "feature_cache",
+    "resume_checkpoint",
+    "finish_run",
     "parse_args",
     "main",
 ]
@@ -60,7 +65,8 @@ class RRGScriptArguments:
     are [`training.arguments.DataArguments`], shared with `rrg evaluate` and `rrg analyze`; the rest come from trl's
     `SFTConfig` and `ModelConfig`. A recipe holds all four groups' fields side by side."""
 
-    stage: int = field(default=1, metadata={"help": "1: align (projector only); 2: fine-tune (LoRA or full + projector)."})
+    stage: int = field(default=1, metadata={"help": "1: align (projector only); 2: fine-tune (LoRA or full + projector); "
+                                                     "3: reinforcement learning with clinical rewards (training/rl)."})
     train_split: str = field(default="train")
     eval_split: str | None = field(default="validation", metadata={"help": "Split to evaluate on; none to skip."})
     overwrite: bool = field(
@@ -146,17 +152,24 @@ class RRGDataCollator:
                     truncation=self.max_length is not None, padding_side="right")
 
     def __call__(self, rows: list[dict]) -> dict:
+        batch = self._batch(rows, self._text([row["report"] for row in rows]))
+        return pack_studies(batch) if self.padding_free else batch
+
+    def prompt_batch(self, rows: list[dict]) -> dict:
+        """The studies' prompts alone (no report), left-padded, with their images or cached features: what
+        generation starts from (stage 3), token for token the prompt part of what `__call__` trains on."""
+        return self._batch(rows, dict(instruction=self.instruction, padding_side="left"))
+
+    def _batch(self, rows: list[dict], text_kwargs: dict) -> dict:
         studies = [self._views(row) for row in rows]
-        common = self._text([row["report"] for row in rows])
         if self.feature_cache is not None:
             features, num_views = self.feature_cache.load_studies(studies)
-            batch = self.processor(num_views=num_views, **common)
+            batch = self.processor(num_views=num_views, **text_kwargs)
             batch["image_features"] = features
         else:
             images = [[self.image_loader(p) for p in views] for views in studies]
-            batch = self.processor(images=images, **common)
-        batch = dict(batch)
-        return pack_studies(batch) if self.padding_free else batch
+            batch = self.processor(images=images, **text_kwargs)
+        return dict(batch)
 
     def study_lengths(self, rows: dict) -> list[int]:
         """Tokens each study takes in a batch (prompt with its image tokens, report, EOS; truncated as in `__call__`),
@@ -247,13 +260,10 @@ def train(args: RRGScriptArguments, data_args: DataArguments, training_args, mod
     """
     from accelerate import PartialState
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from ..data.loaders import split_key
     from ..model_io import parse_dtype
-    from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
-    from .feature_cache import FeatureCache
+    from ..run_guard import LogOnSaveCallback
     from .model_setup import build_model_and_processor, configure_trainable, count_parameters, lora_config
 
     start = time.time()
@@ -261,27 +271,8 @@ def train(args: RRGScriptArguments, data_args: DataArguments, training_args, mod
     state = PartialState()
     set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
     dtype = parse_dtype(model_args.dtype)
-    # Before anything is written to output_dir: is it ours to write (new, or the resume of this very run)?
     manifest = run_manifest(args, data_args, training_args, model_args)
-    resume_requested = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
-    guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=False)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=True)
-    state.wait_for_everyone()
-    dataset = load_recipe_splits(args, data_args)
-    train_split = split_key(args.train_split)
-    eval_split = split_key(args.eval_split) if args.eval_split else None
-    train_dataset = dataset[train_split]
-    eval_dataset = dataset[eval_split] if eval_split else None
-    if args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(args.max_train_samples, len(train_dataset))))
-    if eval_dataset is not None and args.max_eval_samples:
-        eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
-    if len(train_dataset) == 0:
-        raise ValueError(f"The {train_split!r} split of {data_args.dataset_path} has no rows.")
-    with state.main_process_first():  # the others then read the check cache
-        train_dataset, eval_dataset, skipped_images = _check_split_images(args, data_args, train_dataset, eval_dataset)
+    train_dataset, eval_dataset, skipped_images = start_run(args, data_args, training_args, manifest, state)
 
     with distributed.model_init_context(training_args):
         model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
@@ -295,15 +286,7 @@ def train(args: RRGScriptArguments, data_args: DataArguments, training_args, mod
     elif peft_config is not None and "init" not in base_models:
         base_models["init"] = str((Path(training_args.output_dir) / "base").resolve())
 
-    cache = None
-    if args.feature_cache_dir:
-        if args.train_vision_tower:
-            raise ValueError("feature_cache_dir needs a frozen encoder; drop it or train_vision_tower.")
-        cache = FeatureCache(args.feature_cache_dir, model, processor)
-        paths = [p for split in (train_dataset, eval_dataset) if split is not None
-                 for row in split["image_path"] for p in row[: processor.max_views]]
-        with state.main_process_first():
-            cache.precompute(paths)
+    cache = feature_cache(args, model, processor, (train_dataset, eval_dataset), state)
 
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -332,28 +315,34 @@ def train(args: RRGScriptArguments, data_args: DataArguments, training_args, mod
         ", ".join(f"{k}: {v['trainable']:,} trainable / {v['frozen']:,} frozen" for k, v in counts["by_module"].items()),
     )
 
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("last", "auto", "true"):
-        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if resume is None:
-            logger.info("No checkpoint in %s to resume from; starting fresh.", training_args.output_dir)
-        else:
-            logger.info("Resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     if collator.dropped_views:
         logger.warning("Dropped %d views beyond max_views=%d per study.", collator.dropped_views, processor.max_views)
 
     eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
-    summary = {
+    mode = "lora" if peft_config is not None else ("projector" if args.stage == 1 else "full")
+    summary = run_summary(args, data_args, training_args, model_args, trainer, result, state, mode=mode, counts=counts,
+                          base_models=base_models, train_rows=len(train_dataset), skipped_images=skipped_images,
+                          manifest=manifest, eval_metrics=eval_metrics, start=start)
+    return finish_run(trainer, processor, args, training_args, model_args, summary, state)
+
+
+def run_summary(args, data_args, training_args, model_args, trainer, result, state, *, mode: str, counts: dict,
+                base_models: dict, train_rows: int, skipped_images: dict, manifest: dict, eval_metrics: dict,
+                start: float) -> dict:
+    """What `rrg_training.json` records about a finished stage (every stage writes these fields)."""
+    from ..run_guard import whole_run_loss
+
+    return {
         "stage": args.stage,
-        "mode": "lora" if peft_config is not None else ("projector" if args.stage == 1 else "full"),
+        "mode": mode,
         "recipe": {"rrg": asdict(args), "data": asdict(data_args), "model": _jsonable(asdict(model_args)),
                    "training": _jsonable(training_args.to_dict())},
         **{k: counts[k] for k in ("trainable_parameters", "frozen_parameters")},
         "parameters_by_module": counts["by_module"],
         "base_models": base_models,
         "datasets": [str(data_args.dataset_path)],
-        "train_rows": len(train_dataset),
+        "train_rows": train_rows,
         "rows_skipped_for_images": skipped_images,
         # Over the whole run: a resumed run's own `training_loss` covers only the steps after the resume.
         "train_loss": whole_run_loss(trainer.state.log_history, trainer.state.global_step) or result.training_loss,
@@ -366,6 +355,69 @@ def train(args: RRGScriptArguments, data_args: DataArguments, training_args, mod
         "runtime_seconds": round(time.time() - start, 1),
         "versions": _versions(),
     }
+
+
+def start_run(args: RRGScriptArguments, data_args: DataArguments, training_args, manifest: dict, state):
+    """Before anything is written to output_dir, check it is ours to write (new, or the resume of this very run;
+    `training.run_guard`), then load the recipe's splits and decode their images. Returns `(train_dataset,
+    eval_dataset, skipped_images)`."""
+    from ..data.loaders import split_key
+    from ..run_guard import guard_training_dir
+
+    resume_requested = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
+    guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=False)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=True)
+    state.wait_for_everyone()
+    dataset = load_recipe_splits(args, data_args)
+    train_split = split_key(args.train_split)
+    eval_split = split_key(args.eval_split) if args.eval_split else None
+    train_dataset = dataset[train_split]
+    eval_dataset = dataset[eval_split] if eval_split else None
+    if args.max_train_samples:
+        train_dataset = train_dataset.select(range(min(args.max_train_samples, len(train_dataset))))
+    if eval_dataset is not None and args.max_eval_samples:
+        eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
+    if len(train_dataset) == 0:
+        raise ValueError(f"The {train_split!r} split of {data_args.dataset_path} has no rows.")
+    with state.main_process_first():  # the others then read the check cache
+        return _check_split_images(args, data_args, train_dataset, eval_dataset)
+
+
+def feature_cache(args: RRGScriptArguments, model, processor, splits, state):
+    """The frozen encoder's [`FeatureCache`] filled for the images of `splits` (`None` without feature_cache_dir)."""
+    from .feature_cache import FeatureCache
+
+    if not args.feature_cache_dir:
+        return None
+    if args.train_vision_tower:
+        raise ValueError("feature_cache_dir needs a frozen encoder; drop it or train_vision_tower.")
+    cache = FeatureCache(args.feature_cache_dir, model, processor)
+    paths = [p for split in splits if split is not None for row in split["image_path"] for p in row[: processor.max_views]]
+    with state.main_process_first():
+        cache.precompute(paths)
+    return cache
+
+
+def resume_checkpoint(training_args):
+    """`resume_from_checkpoint` with `last` (or `auto`, `true`) resolved to the newest checkpoint, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("last", "auto", "true"):
+        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if resume is None:
+            logger.info("No checkpoint in %s to resume from; starting fresh.", training_args.output_dir)
+        else:
+            logger.info("Resuming from %s", resume)
+    return resume
+
+
+def finish_run(trainer, processor, args, training_args, model_args, summary: dict, state) -> Path:
+    """Write `model/` (rank 0, full weights gathered on every rank first) and mark the run finished."""
+    from ..run_guard import mark_training_finished
+
     final = None
     state_dict = distributed.full_state_dict(trainer)  # collective: every rank takes part
     if state.is_main_process:
@@ -516,7 +568,31 @@ def parse_args(argv=None):
     return parse_command("train", (RRGScriptArguments, DataArguments, SFTConfig, ModelConfig), argv)
 
 
+def requested_stage(argv: list[str]) -> int | None:
+    """The stage a command line asks for (`--stage N`, else its `--config` recipe's), read before parsing: stage 3
+    parses trl's `GRPOConfig` instead of `SFTConfig`."""
+    import yaml
+
+    stage = None
+    for index, token in enumerate(argv):
+        flag, sep, value = token.partition("=")
+        if flag == "--stage":
+            stage = value if sep else (argv[index + 1] if index + 1 < len(argv) else None)
+        elif token == "--config" and index + 1 < len(argv) and stage is None and Path(argv[index + 1]).is_file():
+            recipe = yaml.safe_load(Path(argv[index + 1]).read_text()) or {}
+            stage = recipe.get("stage") if isinstance(recipe, dict) else None
+    try:
+        return None if stage is None else int(stage)
+    except (TypeError, ValueError):
+        return None  # the parser reports it
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if requested_stage(argv) == 3:
+        from ..rl.grpo import main as stage3_main  # reinforcement learning (trl's GRPOTrainer), training/rl
+
+        return stage3_main(argv)
     train(*parse_args(argv))
     return 0
 

@@ -1,0 +1,321 @@
+"""Stage 3 (GRPO with clinical rewards, training/rl): rewards, prompt, learning, resume, outputs, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers import train_recipe, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = [
+    "The heart is enlarged. There is a small left pleural effusion. No pneumothorax.",
+    "Heart size is normal. Lungs are clear. No pleural effusion or pneumothorax.",
+    "Possible right lower lobe consolidation. No effusion.",
+    "Endotracheal tube in place. Mild pulmonary edema.",
+]
+PREDICTIONS = [
+    "The heart is enlarged. No pleural effusion. No pneumothorax.",
+    "Heart size is normal. Lungs are clear.",
+    "Right lower lobe consolidation. Small left effusion.",
+    "",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------- rewards
+def test_clinical_f1_is_the_ce_tables_example_f1():
+    """Per report, clinical_f1 is the example-based CE-F1 of `rrg evaluate` (same labeler, same counts)."""
+    from training.evaluation.labeler import RuleBasedLabeler
+    from training.evaluation.metrics.clinical import ce_counts, ce_variants_from_counts
+    from training.rl.rewards import ClinicalF1Reward
+
+    labeler = RuleBasedLabeler()
+    for policy in ("negative", "positive"):
+        reward = ClinicalF1Reward(labeler=labeler, uncertain=policy, zero_division=0.0)
+        scores = np.array(reward(prompts=[""] * 4, completions=PREDICTIONS, report=REPORTS))
+        counts = ce_counts(labeler.label_batch(PREDICTIONS), labeler.label_batch(REPORTS))
+        expected = ce_variants_from_counts(counts, "rule")[f"ce_rule_f1_example_14_uncertain_{policy}"]
+        assert scores.mean() == pytest.approx(expected)
+        tp, fp, fn = counts[policy].sum(axis=2).T
+        denominator = 2 * tp + fp + fn
+        assert np.allclose(scores, np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
+    # A correct normal report (nothing positive on either side) earns full marks with the default zero_division.
+    assert ClinicalF1Reward()(completions=["Lungs are clear."], report=["No acute findings."]) == [1.0]
+
+
+def test_clinical_f1_negative_mentions_must_agree():
+    from training.rl.rewards import ClinicalF1Reward
+
+    both = ClinicalF1Reward(mentions=["positive", "negative"])
+    positive = ClinicalF1Reward()
+    pair = dict(completions=["No pneumothorax."], report=["There is a pneumothorax."])
+    assert positive(**pair) == [0.0] and both(**pair) == [0.0]
+    agree = dict(completions=["No pneumothorax."], report=["No pneumothorax is seen."])
+    assert both(**agree) == [1.0]
+    with pytest.raises(ValueError, match="subset"):
+        ClinicalF1Reward(mentions=["typo"])
+
+
+def test_rewards_are_the_registrys_per_report_scores():
+    from training.evaluation.metrics.registry import per_report_scores
+    from training.rl.rewards import BleuReward, ClinicalF1Reward, RougeLReward
+
+    for reward, name in ((BleuReward(), "BLEU-4"), (BleuReward(order=2), "BLEU-2"), (RougeLReward(), "ROUGE-L"),
+                         (ClinicalF1Reward(), "ce_rule_f1_example_14_uncertain_negative"),
+                         (ClinicalF1Reward(uncertain="positive"), "ce_rule_f1_example_14_uncertain_positive")):
+        scores = reward(prompts=[""] * 4, completions=PREDICTIONS, report=REPORTS)
+        assert np.allclose(scores, per_report_scores(name, PREDICTIONS, REPORTS, zero_division=1.0)), name
+
+
+def test_length_reward_and_composition():
+    from training.rl.rewards import LengthReward, build_rewards
+
+    reward = LengthReward(eos_token_ids=[2])
+    out = reward(completions=["a b", "a b c d", "a b c d"], report=["a b c d"] * 3, completion_ids=[[5, 2], [5, 2], [5, 6]])
+    assert out == [0.5, 1.0, 0.0]  # the last one never ended
+    funcs = build_rewards(["clinical_f1", "bleu", "test_rl:favour_effusion"], {"bleu": {"order": 2}})
+    assert [f.__name__ for f in funcs] == ["clinical_f1", "bleu", "favour_effusion"]
+    assert funcs[1].order == 2
+    with pytest.raises(ValueError, match="not in reward_funcs"):
+        build_rewards(["bleu"], {"length": {}})
+    with pytest.raises(ValueError, match="cannot import"):
+        build_rewards(["nowhere.module:reward"])
+    with pytest.raises(ValueError, match="RadGraph model folder"):
+        build_rewards(["radgraph"], {"radgraph": {"radgraph_model": None}})
+
+
+# The words that say "pleural effusion" (and on which side and how large); FINDING: their tokens in the model's
+# tokenizer, set by the learning test.
+FINDING = {"tokens": set()}
+EFFUSION_WORDS = (" effusion", " effusions", " pleural", " fluid", " left", " right", " small", " large")
+
+
+def favour_effusion(prompts=None, completions=None, **kwargs):
+    """A reward for the learning tests: the share of a completion's words that describe an effusion (dense, so a
+    tiny random LM gets a signal from most groups)."""
+    words = {w.strip() for w in EFFUSION_WORDS}
+    return [sum(w in words for w in c.lower().split()) / max(len(c.split()), 1) for c in completions]
+
+
+# ------------------------------------------------------------------------------------------------------- training
+def rl_recipe(workspace, out, stage2, **overrides):
+    base = {
+        "stage": 3, "dataset_path": str(workspace / "data"), "model_name_or_path": str(stage2), "output_dir": str(out),
+        "use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "max_steps": 4, "save_steps": 2,
+        "per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 12, "temperature": 1.0,
+        "learning_rate": 0.01, "logging_steps": 1, "bf16": False, "activation_checkpointing": False,
+        "report_to": "none", "use_cpu": True, "eval_strategy": "no", "eval_split": None, "seed": 0, "data_seed": 0,
+        "disable_tqdm": True, "save_only_model": False, "reward_funcs": ["clinical_f1", "bleu", "length"],
+        "reward_weights": [1.0, 0.5, 0.2],
+    }
+    base.update(overrides)
+    path = Path(out).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def rl_run(path, *extra):
+    from training.rl.grpo import parse_args, train
+
+    return train(*parse_args(["--config", str(path), *extra]))
+
+
+@pytest.fixture(scope="module")
+def stage2(workspace, stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl") / "stage2"
+    return train_run(train_recipe(workspace, out, stage=2, model_name_or_path=str(stage1), use_peft=True, lora_r=4,
+                                  lora_alpha=8, lora_dropout=0.0, max_steps=4, learning_rate=0.02)).parent
+
+
+def adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model" / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_prompt_is_the_processors_training_prompt(workspace, stage2, tmp_path, monkeypatch):
+    """What generate and the scored forward get: the collator's training prompt token for token, every view's image
+    tokens, and the cached features (multi-view studies)."""
+    from training.model_io import load_trained
+    from training.rl import grpo
+    from training.sft.feature_cache import FeatureCache
+    from training.sft.train import RRGDataCollator
+
+    seen = {}
+    trainer_cls = grpo._grpo_trainer_class()
+    original = trainer_cls._generate_single_turn
+
+    def spy(self, prompt_ids, images, multimodal_fields, num_generations, *a, **k):
+        seen.setdefault("prompt_ids", []).extend(prompt_ids)
+        seen.setdefault("fields", []).append({k2: v.detach().cpu() for k2, v in multimodal_fields.items()})
+        seen.setdefault("rows", []).extend(self._rrg_generation["study_ids"])
+        return original(self, prompt_ids, images, multimodal_fields, num_generations, *a, **k)
+
+    monkeypatch.setattr(trainer_cls, "_generate_single_turn", spy)
+    # Every other study gets a second view (the same image again: what counts is two blocks of image tokens).
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "images").symlink_to(workspace / "data" / "images")
+    annotation = json.loads((workspace / "data" / "annotation.json").read_text())
+    for index, row in enumerate(annotation["train"]):
+        row["image_path"] = row["image_path"][:1] * (1 + index % 2)
+    (data / "annotation.json").write_text(json.dumps(annotation))
+    cache_dir = tmp_path / "features"
+    rl_run(rl_recipe(workspace, tmp_path / "s3", stage2, max_steps=2, dataset_path=str(data),
+                     feature_cache_dir=str(cache_dir)))
+
+    model, processor = load_trained(stage2)
+    by_id = {r["id"]: r for r in annotation["train"]}
+    training = RRGDataCollator(processor, feature_cache=FeatureCache(cache_dir, model, processor))
+    studies = [{"image_path": [str(data / "images" / p) for p in by_id[i]["image_path"]],
+                "report": by_id[i]["report"]} for i in seen["rows"]]
+    assert {len(s["image_path"]) for s in studies} == {1, 2}  # multi-view studies are part of it
+    batch = training(studies)
+    for row, prompt in enumerate(seen["prompt_ids"]):
+        ids = batch["input_ids"][row][batch["labels"][row] == -100][: len(prompt)]
+        keep = batch["attention_mask"][row][batch["labels"][row] == -100][: len(prompt)].bool()
+        assert ids[keep].tolist() == prompt  # the prompt part of the training sequence
+        views = len(studies[row]["image_path"])
+        assert prompt.count(processor.image_token_id) == views * processor.image_seq_length
+    fed = [(f["image_features"][i], int(f["num_views"][i])) for f in seen["fields"] for i in range(len(f["num_views"]))]
+    assert [n for _, n in fed] == batch["num_views"].tolist()
+    for (features, n), expected in zip(fed, batch["image_features"], strict=True):
+        assert torch.equal(features[:n], expected[:n])  # the cache's features of each view
+
+
+@pytest.mark.slow
+def test_reward_moves_the_model_towards_the_rewarded_finding(workspace, stage2, tmp_path):
+    """GRPO with a reward for the finding's token raises how often samples say it; the same run rewarded for length
+    only does not (the reward, not the training, moves the model)."""
+    from training.data.images import load_image
+    from training.evaluation.generation import generate_batch
+    from training.model_io import load_trained
+
+    _, processor = load_trained(stage2)
+    FINDING["tokens"] = {processor.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in EFFUSION_WORDS}
+    # Full fine-tuning: the tiny random LLM's logits are near zero and only its LM head can make one token likelier
+    # within a few steps (a LoRA on attention barely moves them); the demo trains a LoRA.
+    common = dict(max_steps=8, save_steps=100, learning_rate=0.02, max_completion_length=16, use_peft=False,
+                  per_device_train_batch_size=32, num_generations=8)
+    rewarded = rl_run(rl_recipe(workspace, tmp_path / "effusion", stage2, **common,
+                                reward_funcs=["test_rl:favour_effusion"], reward_weights=[1.0]))
+    control = rl_run(rl_recipe(workspace, tmp_path / "control", stage2, **common, reward_funcs=["length"],
+                               reward_weights=[1.0]))
+    rows = json.loads((workspace / "data" / "annotation.json").read_text())["val"]
+    studies = [[load_image(workspace / "data" / "images" / p) for p in r["image_path"]] for r in rows]
+    base, processor = load_trained(stage2)
+    torch.manual_seed(0)
+    contexts = generate_batch(base, processor, studies * 2, {"do_sample": True, "max_new_tokens": 16})
+
+    def probability(folder):
+        """Mean probability of the finding's tokens over the positions of fixed sampled reports (teacher-forced)."""
+        model, _ = load_trained(folder)
+        inputs = processor(images=studies * 2, padding_side="right")
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for row, context in enumerate(contexts):
+                ids = torch.tensor([context["prompt_ids"] + context["report_ids"]])
+                logits = model(input_ids=ids, pixel_values=inputs["pixel_values"][row : row + 1],
+                               num_views=inputs["num_views"][row : row + 1]).logits[0]
+                start = len(context["prompt_ids"]) - 1
+                total += logits[start:-1].softmax(-1)[:, sorted(FINDING["tokens"])].sum().item()
+                count += logits[start:-1].shape[0]
+        return total / count
+
+    before, after, without = probability(stage2), probability(rewarded), probability(control)
+    print("P(finding tokens) before / rewarded / control:", before, after, without)
+    assert after > 2 * before, (before, after)
+    assert without < 1.25 * before, (before, without)
+    summary = json.loads((rewarded / "rrg_training.json").read_text())
+    history = [row["rewards/favour_effusion/mean"] for row in summary["rewards"]["history"]]
+    assert history[-1] > history[0]
+
+
+@pytest.mark.slow
+def test_outputs_and_resume_equal_a_straight_run(workspace, stage2, tmp_path, monkeypatch):
+    """Checkpoints, rrg_run.json, model/ (loads through load_trained, over stage 2), rewards per step, samples;
+    a run resumed from its mid-run checkpoint ends with the straight run's weights; the run guard refuses reuse."""
+    from training.model_io import load_trained
+    from training.rl import grpo
+
+    straight = rl_run(rl_recipe(workspace, tmp_path / "straight", stage2))
+    trainer_cls = grpo._grpo_trainer_class()
+    calls = {"n": 0}
+    original = trainer_cls.training_step
+
+    def crash_after_two(self, *args, **kwargs):
+        if calls["n"] == 2:  # steps 1-2 done and checkpoint-2 written
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_cls, "training_step", crash_after_two)
+    path = rl_recipe(workspace, tmp_path / "resumed", stage2)
+    with pytest.raises(KeyboardInterrupt):
+        rl_run(path)
+    assert (tmp_path / "resumed" / "checkpoint-2").is_dir() and not (tmp_path / "resumed" / "model").exists()
+    monkeypatch.setattr(trainer_cls, "training_step", original)
+    resumed = rl_run(path, "--resume_from_checkpoint", "last")
+
+    a, b = adapter_weights(straight.parent), adapter_weights(resumed.parent)
+    assert a.keys() == b.keys() and any("lora" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    summary = json.loads((straight / "rrg_training.json").read_text())
+    assert summary["stage"] == 3 and summary["global_step"] == 4 and summary["mode"] == "lora"
+    assert [r["step"] for r in summary["rewards"]["history"]] == [1, 2, 3, 4]
+    assert {"rewards/clinical_f1/mean", "rewards/bleu/mean", "rewards/length/mean"} <= set(summary["rewards"]["history"][0])
+    samples = [json.loads(line) for line in (straight.parent / "samples.jsonl").read_text().splitlines()]
+    assert samples and set(samples[0]["rewards"]) == {"clinical_f1", "bleu", "length"}
+    assert json.loads((straight.parent / "rrg_run.json").read_text())["status"] == "finished"
+    model, _ = load_trained(straight)  # stage 3's adapter over stage 2's adapter over stage 1
+    assert model is not None
+    with pytest.raises(ValueError, match="finished"):
+        rl_run(rl_recipe(workspace, tmp_path / "straight", stage2))
+
+
+def test_rrg_train_dispatches_stage_3(tmp_path):
+    from training.sft.train import requested_stage
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: 3\n")
+    assert requested_stage(["--config", str(recipe)]) == 3
+    assert requested_stage(["--config", str(recipe), "--stage", "2"]) == 2
+    assert requested_stage(["--stage=3"]) == 3
+    assert requested_stage([]) is None
+
+
+@pytest.mark.slow
+def test_ddp_equals_one_process(workspace, stage2, tmp_path):
+    """torchrun with 2 CPU processes x 4 rows trains stage 3 to the weights of 1 process x 8 rows: seeded
+    generation samples each study's completions the same whatever the batch, and trl gathers the rewards."""
+    # Full fine-tuning and a dense reward (see the learning test), so two steps really move the weights.
+    common = dict(max_steps=2, save_steps=100, learning_rate=1e-3, use_cpu=False, num_generations=4, use_peft=False,
+                  reward_funcs=["test_rl:favour_effusion"], reward_weights=[1.0], max_completion_length=16)
+    single = rl_run(rl_recipe(workspace, tmp_path / "single", stage2, per_device_train_batch_size=8, **common))
+    config = rl_recipe(workspace, tmp_path / "ddp", stage2, per_device_train_batch_size=4, **common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "training.sft.train", "--config", str(config)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp = tmp_path / "ddp"
+    summary = json.loads((ddp / "model" / "rrg_training.json").read_text())
+    assert summary["distributed"] == "ddp" and summary["world_size"] == 2
+    from safetensors.torch import load_file
+
+    from training.model_io import load_trained
+
+    start = dict(load_trained(stage2)[0].state_dict())
+    a, b = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model" / "model.safetensors"))
+    assert any(not torch.allclose(a[k], start[k], atol=1e-4) for k in a if k in start)  # training moved them
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
