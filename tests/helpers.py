@@ -302,3 +302,28 @@ def build_training_workspace(root, num_train: int = 48, num_eval: int = 8):
     save_backbone(vision, root / "vision", image_processor=tiny_image_processor(32))
     save_backbone(text, root / "text", tokenizer=tokenizer)
     return root
+
+
+def iu_xray_reports(limit: int | None = None) -> list[dict]:
+    """The IU X-Ray (OpenI) report XMLs torchxrayvision's wheel ships (`data/NLMCXR_reports.tgz`; CC BY-NC-ND, read
+    from the installed package, never copied into the repository): one dict per report with `uid` and the
+    `AbstractText` sections by label (`comparison`, `indication`, `findings`, `impression`; `None` when empty).
+    Skips the calling test when torchxrayvision is not installed (`pip install --no-deps torchxrayvision`)."""
+    import importlib.util
+    import tarfile
+    import xml.etree.ElementTree as ElementTree
+
+    import pytest
+
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None:
+        pytest.skip("torchxrayvision is not installed (its wheel ships the IU X-Ray report XMLs)")
+    archive = Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz"
+    reports = []
+    with tarfile.open(archive, "r:gz") as tar:
+        names = sorted((m for m in tar.getnames() if m.endswith(".xml")), key=lambda n: int(re.sub(r"\D", "", n)))
+        for name in names[:limit]:
+            root = ElementTree.parse(tar.extractfile(name)).getroot()
+            sections = {node.get("Label").lower(): node.text for node in root.iter("AbstractText")}
+            reports.append({"uid": root.find("uId").get("id"), **sections})
+    return reports
