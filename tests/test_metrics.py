@@ -6,10 +6,12 @@ import math
 import pytest
 
 from training.data.chexpert import CHEXPERT_5, CHEXPERT_OBSERVATIONS
-from training.evaluation import scoring
 from training.evaluation.labeler import RuleBasedLabeler
-from training.evaluation.metrics import CLINICAL_EFFICACY_METRIC_PATH, NLG_METRIC_PATH, load_metric
-from training.evaluation.scoring import compute_clinical_efficacy, compute_nlg_metrics, metrics_to_markdown
+from training.evaluation.metrics import CLINICAL_EFFICACY_METRIC_PATH, NLG_METRIC_PATH, bertscore, load_metric
+from training.evaluation.metrics import ngram as scoring
+from training.evaluation.metrics.clinical import compute_clinical_efficacy
+from training.evaluation.metrics.ngram import compute_nlg_metrics
+from training.evaluation.scorecard import metrics_to_markdown
 
 # R2Gen-style cleaned strings plus the awkward cases: an empty prediction, punctuation and case variants,
 # a prediction longer than its reference and one sharing no word with it.
@@ -118,7 +120,7 @@ def test_nlg_ptb_path_equals_pycocoevalcap():
 
 def test_nlg_without_java(monkeypatch, caplog):
     monkeypatch.setattr(scoring, "java_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="training.evaluation.scoring"):
+    with caplog.at_level(logging.WARNING, logger="training.evaluation.metrics.registry"):
         result = compute_nlg_metrics(PREDICTIONS[:3], REFERENCES[:3])
     assert "METEOR" not in result
     assert any("java" in w for w in result["warnings"])
@@ -312,10 +314,10 @@ def test_bertscore_with_local_checkpoint(tmp_path):
     BertModel(config).save_pretrained(str(model_dir))
 
     refs = ["small left pleural effusion .", "no effusion ."]
-    same = scoring.compute_bertscore(refs, refs, model_dir)
+    same = bertscore.compute_bertscore(refs, refs, model_dir)
     assert same["BERTScore-F1"] == pytest.approx(1.0, abs=1e-5)
     assert same["bertscore_layer"] == 2
-    other = scoring.compute_bertscore(["heart .", "small heart ."], refs, model_dir, num_layers=1)
+    other = bertscore.compute_bertscore(["heart .", "small heart ."], refs, model_dir, num_layers=1)
     assert other["BERTScore-F1"] < 0.999
     assert "no idf" in other["bertscore_settings"]
     # the reference implementation: the package's public entry point on the same model and layer
@@ -323,11 +325,11 @@ def test_bertscore_with_local_checkpoint(tmp_path):
 
     for layer in (1, 2):
         cands, refs2 = ["heart .", "small heart .", "no no no"], ["small left pleural effusion .", "no effusion .", "heart ."]
-        ours = scoring.compute_bertscore(cands, refs2, model_dir, num_layers=layer)
+        ours = bertscore.compute_bertscore(cands, refs2, model_dir, num_layers=layer)
         p, r, f = bert_score.score(cands, refs2, model_type=str(model_dir), num_layers=layer, idf=False)
         for name, expected in (("P", p), ("R", r), ("F1", f)):
             assert ours[f"BERTScore-{name}_per_report"] == pytest.approx(expected.tolist(), abs=1e-6)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        scoring.compute_bertscore(refs, refs, tmp_path / "absent")
+        bertscore.compute_bertscore(refs, refs, tmp_path / "absent")
     with pytest.raises(ValueError, match="num_layers"):
-        scoring.compute_bertscore(refs, refs, model_dir, num_layers=5)
+        bertscore.compute_bertscore(refs, refs, model_dir, num_layers=5)

@@ -6,8 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from training.evaluation.bootstrap import CiderStats, bleu_stats, bootstrap_weights, confidence_intervals, paired_test
-from training.evaluation.ce_variants import compute_ce_variants
+from training.evaluation.bootstrap import bootstrap_weights, confidence_intervals, paired_test
+from training.evaluation.metrics.clinical import compute_ce_variants
+from training.evaluation.metrics.ngram import CiderStats, bleu_stats
 from training.evaluation.scorecard import score_reports, truncate_reference
 
 WORDS = "the heart is normal size no pleural effusion or pneumothorax mild edema left base opacity stable".split()
@@ -157,7 +158,7 @@ def test_radgraph_runtime_check_names_the_transformers_incompatibility(tmp_path)
 
 
 def test_model_card_rows_use_the_metrics_json_names():
-    from training.evaluation.ce_variants import card_rows
+    from training.evaluation.metrics.clinical import card_rows
 
     metrics = compute_ce_variants([{"Edema": 1}], [{"Edema": 1}], "chexbert")
     rows = dict(card_rows(metrics))

@@ -1,8 +1,8 @@
 """Paired comparison of two prediction files of the same studies: `rrg compare A/predictions.jsonl B/predictions.jsonl`.
 
-Scores both files the way `rrg evaluate` does, on the same bootstrap resamples of the studies, and reports for every
-metric B - A with its 95% interval and a two-sided paired-bootstrap p-value: is stage 2 really better than stage 1,
-true images better than shuffled ones?
+Scores both files the way `rrg evaluate` does (the same metric registry and protocol), on the same bootstrap
+resamples of the studies, and reports for every metric B - A with its 95% interval and a two-sided paired-bootstrap
+p-value: is stage 2 really better than stage 1, true images better than shuffled ones?
 """
 
 from __future__ import annotations
@@ -101,9 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clean", default="mimic", choices=["mimic", "iu", "none"])
     p.add_argument("--no-meteor", action="store_true")
+    p.add_argument("--protocol", default="r2gen",
+                   help="Scoring protocol(s) of the metric registry: r2gen (default), rexrank, or r2gen,rexrank.")
     p.add_argument("--output", default=None, help="Write the comparison as JSON here.")
     a = p.parse_args(argv)
-    result = compare_predictions(a.a, a.b, replicates=a.bootstrap, seed=a.seed,
+    result = compare_predictions(a.a, a.b, replicates=a.bootstrap, seed=a.seed, protocol=a.protocol,
                                  clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor)
     if a.output:
         write_json_atomic(Path(a.output), result)

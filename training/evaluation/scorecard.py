@@ -1,167 +1,115 @@
 """All report metrics with bootstrap intervals, under names a user can quote: what `rrg evaluate` writes.
 
-[`score_reports`] cleans both sides the R2Gen way (`training.data.report_cleaning`), scores BLEU-1..4 and CIDEr
-(matrix form, equal to pycocoevalcap's scorers; see `tests/test_scorecard.py`), ROUGE-L and METEOR (pycocoevalcap),
-every named clinical-efficacy variant (`training.evaluation.ce_variants`), and optionally BERTScore (the `bert-score` package)
-and RadGraph-F1 (the `radgraph` package) from local model folders. Every metric gets a paired bootstrap 95%
-interval under `"confidence_intervals"`. References are scored untruncated unless `reference_max_tokens` asks for
-R2Gen's protocol (references cut to the model's maximum sequence length, which flatters scores).
+[`score_reports`] runs a scoring protocol (`training.evaluation.metrics.protocols`: a list of entries of the metric
+registry, `training.evaluation.metrics.registry`) on the report pairs. The default, `r2gen`, cleans both sides the
+R2Gen way (`training.data.report_cleaning`), scores BLEU-1..4 and CIDEr (matrix form, equal to pycocoevalcap's
+scorers; see `tests/test_scorecard.py`), ROUGE-L and METEOR (pycocoevalcap), every named clinical-efficacy variant
+(`training.evaluation.metrics.clinical`), and BERTScore (the `bert-score` package) and RadGraph-F1 (the `radgraph`
+package) when their local model folders are given; `rexrank` adds ReXrank's columns under `rexrank/...` names. Every
+metric gets a paired bootstrap 95% interval under `"confidence_intervals"`. References are scored untruncated unless
+`reference_max_tokens` asks for R2Gen's protocol (references cut to the model's maximum sequence length, which
+flatters scores). [`metrics_to_markdown`] renders metrics.md.
 """
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
+from ..data.chexpert import CHEXPERT_OBSERVATIONS
+from .bootstrap import DEFAULT_REPLICATES, confidence_intervals
+from .metrics.bertscore import BERTSCORE_METRIC_NAMES
+from .metrics.clinical import CE_METRIC_NAMES, ce_variants_markdown
+from .metrics.ngram import NLG_METRIC_NAMES, TOKENIZATIONS, _package_version, truncate_reference
+from .metrics.protocols import get_protocol
+from .metrics.radgraph import RADGRAPH_METRIC_NAMES
+from .metrics.registry import Inputs, MetricStats, compute_metric, get_metric
 
-from .bootstrap import DEFAULT_REPLICATES, CiderStats, MetricStats, bleu_stats, confidence_intervals, mean_stats
-from .ce_variants import ce_counts, ce_variants_from_counts, labeler_key
-
-__all__ = ["metric_stats", "score_reports", "truncate_reference"]
+__all__ = ["protocol_entries", "check_protocol", "metric_stats", "score_reports", "truncate_reference",
+           "metrics_to_markdown"]
 
 logger = logging.getLogger(__name__)
 
 
-def truncate_reference(cleaned: str, max_seq_length: int) -> str:
-    """R2Gen's reference truncation: its tokenizer prepends a BOS id and cuts ids to `max_seq_length`, and the
-    scored reference is decoded from the ids after BOS, so `max_seq_length - 1` words remain."""
-    return " ".join(cleaned.split()[: max(0, max_seq_length - 1)])
+def _protocol_names(protocol) -> list[str]:
+    if isinstance(protocol, str):
+        return [p.strip() for p in protocol.split(",") if p.strip()]
+    return list(protocol)
 
 
-class _CachedLabeler:
-    def __init__(self, labeler, cache: dict):
-        self.name, self._cache = labeler.name, cache
+def protocol_entries(protocol, settings: dict) -> list:
+    """The entries of one or more protocols (`"r2gen"`, `"r2gen,rexrank"` or a list) that run with `settings`:
+    optional entries whose model folder is not given are left out; any other entry missing its model folder is a
+    `ValueError` naming the flag to pass."""
+    entries, seen = [], set()
+    for name in _protocol_names(protocol) or ["r2gen"]:
+        spec = get_protocol(name)
+        for entry in spec.entries:
+            metric = get_metric(entry.metric)
+            if metric.name in seen:
+                continue
+            flag = metric.missing_model({**settings, **entry.settings})
+            if flag and entry.optional:
+                continue
+            if flag:
+                raise ValueError(f"Scoring protocol {spec.name!r} lists {metric.name!r}, which needs a local model "
+                                 f"folder: pass {flag} (nothing is downloaded), or choose another --protocol.")
+            seen.add(metric.name)
+            entries.append(entry)
+    return entries
 
-    def label_batch(self, reports):
-        return [self._cache[r] for r in reports]
+
+def check_protocol(protocol, **settings) -> None:
+    """Fail early (before generating reports) when a protocol needs a model folder that was not given."""
+    protocol_entries(protocol, settings)
 
 
 def metric_stats(predictions: list[str], references: list[str], labeler=None, clean: str | None = "mimic",
                  tokenization: str = "r2gen", meteor: bool = True, reference_max_tokens: int | None = None,
                  bertscore_model=None, bertscore_layer: int | None = None, radgraph_model=None,
-                 radgraph_annotations: tuple[list, list] | None = None) -> tuple[list, dict]:
-    """Per-report statistics of every metric (for [`confidence_intervals`] and `rrg compare`) and the extras.
+                 radgraph_annotations: tuple[list, list] | None = None, protocol="r2gen",
+                 **settings) -> tuple[list[MetricStats], dict]:
+    """Per-report statistics of every metric of `protocol` (for [`confidence_intervals`] and `rrg compare`) and the
+    extras. Labels, cleaned text and CE counts are computed once and shared by all metrics.
+
+    `settings` holds further metric settings (e.g. the model folders of ReXrank's entries).
 
     Returns:
-        `(list[MetricStats], dict)`: the metrics, and the non-numeric record (settings, CE tables, warnings).
+        `(list[MetricStats], dict)`: the metrics, and the non-numeric record (settings, CE tables, warnings,
+        `metric_definitions`: per metric name its registry entry, level, implementation and model folder).
     """
-    from ..data.reports import clean_report
-    from .scoring import _check_pairs, _get_meteor, _reset_meteor, compute_clinical_efficacy, java_available
-
-    predictions, references = _check_pairs(predictions, references)
-    record: dict = {"warnings": []}
-    if clean:
-        hyps = [clean_report(p, style=clean) for p in predictions]
-        refs = [clean_report(r, style=clean) for r in references]
-    else:
-        hyps, refs = list(predictions), list(references)
-    if reference_max_tokens is not None:
-        if reference_max_tokens < 2:
-            raise ValueError(f"reference_max_tokens must be at least 2 (BOS + one word), got {reference_max_tokens}.")
-        refs = [truncate_reference(r, reference_max_tokens) for r in refs]
-        record["reference_truncation"] = (
-            f"R2Gen protocol: references cut to max_seq_length={reference_max_tokens} token ids incl. BOS "
-            f"({reference_max_tokens - 1} words) before scoring; flatters scores, quote only against R2Gen-style tables"
-        )
-    else:
-        record["reference_truncation"] = "none: references scored in full"
-    if tokenization == "ptb":
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        if not java_available():
-            raise ValueError("tokenization='ptb' needs java on PATH; install a Java runtime or use 'r2gen'.")
-        tok = PTBTokenizer()
-        gts = tok.tokenize({i: [{"caption": r}] for i, r in enumerate(refs)})
-        res = tok.tokenize({i: [{"caption": p}] for i, p in enumerate(hyps)})
-        refs = [gts.get(i, [""])[0] for i in range(len(refs))]
-        hyps = [res.get(i, [""])[0] for i in range(len(hyps))]
-    elif tokenization != "r2gen":
+    settings = {"labeler": labeler, "clean": clean, "tokenization": tokenization, "meteor": meteor,
+                "reference_max_tokens": reference_max_tokens, "bertscore_model": bertscore_model,
+                "bertscore_layer": bertscore_layer, "radgraph_model": radgraph_model,
+                "radgraph_annotations": radgraph_annotations, **settings}
+    if tokenization not in TOKENIZATIONS:
         raise ValueError(f"`tokenization` must be 'r2gen' or 'ptb', got {tokenization!r}.")
-    hyps = [" ".join(h.split()) for h in hyps]
-    refs = [" ".join(r.split()) for r in refs]
-
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    stats: list[MetricStats] = bleu_stats(hyps, refs)
-    gts = {i: [r] for i, r in enumerate(refs)}
-    res = {i: [h] for i, h in enumerate(hyps)}
-    if meteor and java_available():
-        try:
-            corpus, per_report = _get_meteor().compute_score(gts, res)
-            per_report = np.asarray(per_report, dtype=float)
-            stats.append(mean_stats("METEOR", per_report, offset=float(corpus) - float(per_report.mean())))
-        except Exception as error:  # the java process can die or answer garbage; report, don't crash
-            _reset_meteor()
-            record["warnings"].append(f"METEOR was not computed: the METEOR java process failed ({error}).")
-    elif meteor:
-        record["warnings"].append("METEOR was not computed: it needs java and none is on PATH.")
-    _, rouge = Rouge().compute_score(gts, res)
-    stats.append(mean_stats("ROUGE-L", rouge))
-    stats.append(CiderStats(hyps, refs).metric("CIDEr"))
-
-    if labeler is None:
-        from .labeler import RuleBasedLabeler
-
-        labeler = RuleBasedLabeler()
-    unique = list(dict.fromkeys(predictions + references))
-    cache = dict(zip(unique, labeler.label_batch(unique), strict=True))
-    pred_labels, ref_labels = [cache[p] for p in predictions], [cache[r] for r in references]
-    record["clinical_efficacy"] = compute_clinical_efficacy(predictions, references, _CachedLabeler(labeler, cache))
-    counts = ce_counts(pred_labels, ref_labels)
-    key = labeler_key(labeler.name)
-    variants = _CEVariants(counts, key)
-    for name in ce_variants_from_counts(counts, key):
-        stats.append(MetricStats(name, np.zeros((len(predictions), 1)), None, resample=variants.getter(name)))
-    record["ce_labeler"] = key
-
-    if bertscore_model:
-        from .scoring import compute_bertscore
-
-        bs = compute_bertscore(predictions, references, bertscore_model, num_layers=bertscore_layer)
-        for name in ("BERTScore-P", "BERTScore-R", "BERTScore-F1"):
-            stats.append(mean_stats(name, bs.pop(f"{name}_per_report")))
-        record.update({k: v for k, v in bs.items() if not k.startswith("BERTScore-")})
-    if radgraph_model:
-        from .radgraph_f1 import RadGraphScorer
-
-        rg = RadGraphScorer(radgraph_model).score(predictions, references)
-        for name, values in rg.pop("per_report").items():
-            stats.append(mean_stats(name, values))
-        record.update(rg)
-    elif radgraph_annotations is not None:
-        from .radgraph_f1 import radgraph_f1_from_annotations
-
-        for name, values in radgraph_f1_from_annotations(*radgraph_annotations).items():
-            stats.append(mean_stats(name, values))
-        record["radgraph_settings"] = "from saved RadGraph annotations; radgraph package compute_reward"
-    return stats, record
-
-
-class _CEVariants:
-    """All CE variants of one resample computed together and shared by the per-variant metrics."""
-
-    def __init__(self, counts: dict, labeler: str):
-        self.counts, self.labeler, self._key, self._values = counts, labeler, None, None
-
-    def getter(self, name: str):
-        def resample(weights: np.ndarray) -> np.ndarray:
-            if self._key is not weights:  # holding the array keeps its identity unique
-                self._values = ce_variants_from_counts(self.counts, self.labeler, weights=weights)
-                self._key = weights
-            return self._values[name]
-
-        return resample
+    entries = protocol_entries(protocol, settings)
+    inputs = Inputs(predictions, references, settings)
+    inputs.text  # noqa: B018 - prepares the text (and records the reference truncation) for every protocol
+    stats: list[MetricStats] = []
+    definitions = {}
+    for entry in entries:
+        metric = get_metric(entry.metric)
+        for m in compute_metric(metric, inputs, **entry.settings):
+            stats.append(m)
+            folders = [str(settings[s]) for s in metric.model if settings.get(s) is not None and s.endswith("_model")]
+            definitions[m.name] = {"metric": metric.name, "level": metric.level,
+                                   "implementation": metric.implementation, "model": folders[0] if folders else None}
+    inputs.record["protocol"] = ",".join(_protocol_names(protocol) or ["r2gen"])
+    inputs.record["metric_definitions"] = definitions
+    return stats, inputs.record
 
 
 def score_reports(predictions: list[str], references: list[str], labeler=None, clean: str | None = "mimic",
                   tokenization: str = "r2gen", meteor: bool = True, reference_max_tokens: int | None = None,
                   bertscore_model=None, bertscore_layer: int | None = None, radgraph_model=None,
-                  radgraph_annotations: tuple[list, list] | None = None, replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict:
+                  radgraph_annotations: tuple[list, list] | None = None, replicates: int = DEFAULT_REPLICATES,
+                  seed: int = 0, protocol="r2gen", **settings) -> dict:
     """Score generated reports against references: every metric, its 95% bootstrap interval, and how it was made.
 
     Args:
         predictions, references (`list[str]`): Raw reports, one reference per prediction.
-        labeler (*optional*): CE labeler (`training.labeler`); defaults to the offline rule-based one.
+        labeler (*optional*): CE labeler (`training.evaluation.labeler`); defaults to the offline rule-based one.
         clean (`str`, *optional*): `"mimic"`/`"iu"` R2Gen cleaning before the NLG metrics, `None` for none.
         tokenization (`str`): `"r2gen"` (cleaned text scored as given) or `"ptb"` (pycocoevalcap's PTBTokenizer).
         meteor (`bool`): Compute METEOR (needs java).
@@ -172,11 +120,15 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
             report, instead of a model (the package cannot run on transformers 5).
         replicates (`int`): Bootstrap replicates (0 skips the intervals).
         seed (`int`): Seed of the resampling.
+        protocol (`str` or `list[str]`): Scoring protocol(s) (`training.evaluation.metrics.protocols`): `"r2gen"`
+            (default), `"rexrank"`, or several (`"r2gen,rexrank"`).
+        **settings: Further metric settings (model folders of other protocols' entries).
 
     Returns:
-        `dict`: metric name -> value (NLG names, `ce_*` variants, `BERTScore-*`, `RadGraph-*`), plus
+        `dict`: metric name -> value (NLG names, `ce_*` variants, `BERTScore-*`, `RadGraph-*`, `rexrank/...`), plus
         `confidence_intervals` (name -> value/low/high), `clinical_efficacy` (the per-observation tables),
-        `nlg_text_cleaning`, `reference_truncation`, `tokenization`, `implementation`, `warnings`.
+        `protocol`, `metric_definitions`, `nlg_text_cleaning`, `reference_truncation`, `tokenization`,
+        `implementation`, `warnings`.
 
     Example:
 
@@ -187,12 +139,11 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
     (0.9999999999000001, 0.0)
     ```
     """
-    from .scoring import TOKENIZATIONS, _package_version
-
     stats, record = metric_stats(predictions, references, labeler=labeler, clean=clean, tokenization=tokenization,
                                  meteor=meteor, reference_max_tokens=reference_max_tokens,
                                  bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
-                                 radgraph_model=radgraph_model, radgraph_annotations=radgraph_annotations)
+                                 radgraph_model=radgraph_model, radgraph_annotations=radgraph_annotations,
+                                 protocol=protocol, **settings)
     result = {m.name: m.value() for m in stats}
     if replicates:
         result["confidence_intervals"] = confidence_intervals(stats, replicates=replicates, seed=seed)
@@ -209,3 +160,82 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
     )
     result["num_samples"] = len(predictions)
     return result
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.4f}"
+    return str(value)
+
+
+def metrics_to_markdown(metrics: dict) -> str:
+    """Render metrics as markdown: a summary table and, if present, per-observation and CE-variant tables.
+
+    Args:
+        metrics (`dict`): The output of [`score_reports`], `compute_nlg_metrics` and/or `compute_clinical_efficacy`,
+            either merged into one flat dict or nested under `"nlg"` and `"clinical_efficacy"` keys.
+
+    Returns:
+        `str`: Markdown text ending with a newline.
+    """
+    if not isinstance(metrics, dict):
+        raise TypeError(f"`metrics` must be a dict, got {type(metrics).__name__}.")
+    flat: dict = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict) and key not in ("per_observation", "confidence_intervals", "metric_definitions"):
+            flat.update(value)
+        else:
+            flat[key] = value
+
+    intervals = flat.get("confidence_intervals") or {}
+
+    def row(label: str, key: str) -> str:
+        ci = intervals.get(key)
+        span = f"[{_fmt(ci['low'])}, {_fmt(ci['high'])}]" if ci else ""
+        return f"| {label} | {_fmt(flat[key])} | {span} |"
+
+    lines = ["| Metric | Value | 95% CI |", "| --- | ---: | :---: |"]
+    for name in NLG_METRIC_NAMES:
+        if name in flat:
+            lines.append(row(name, name))
+    for key, label in CE_METRIC_NAMES:
+        if key in flat:
+            lines.append(f"| {label} | {_fmt(flat[key])} | |")
+    shown = {*NLG_METRIC_NAMES, *BERTSCORE_METRIC_NAMES, *RADGRAPH_METRIC_NAMES}
+    for key in (*BERTSCORE_METRIC_NAMES, *RADGRAPH_METRIC_NAMES):
+        if key in flat:
+            lines.append(row(key, key))
+    # metrics of other protocols, under the names that state protocol and level (e.g. rexrank/BLEU-2)
+    definitions = metrics.get("metric_definitions") or {}
+    for key, info in definitions.items():
+        if key not in shown and not key.startswith("ce_") and isinstance(flat.get(key), (int, float)):
+            label = f"{key} ({'mean of per-report scores' if info.get('level') == 'mean' else 'corpus'})"
+            lines.append(row(label, key))
+    notes = [f"- {label}: {form.format(flat[key])}" for key, label, form in (
+        ("protocol", "Protocol", "`{}`"),
+        ("tokenization", "NLG tokenization", "{}"), ("implementation", "NLG implementation", "{}"),
+        ("labeler", "Clinical efficacy labeler", "`{}`"), ("positive_definition", "Positive label", "{}"),
+        ("reference_truncation", "References", "{}"), ("confidence_interval_method", "Intervals", "{}"),
+    ) if key in flat]
+    for warning in flat.get("warnings", []) or []:
+        notes.append(f"- Warning: {warning}")
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+
+    per_observation = flat.get("per_observation")
+    if per_observation:
+        rows = [
+            "| Observation | Support | Predicted | Precision | Recall | F1 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for obs in CHEXPERT_OBSERVATIONS:
+            if obs in per_observation:
+                s = per_observation[obs]
+                rows.append(
+                    f"| {obs} | {s['support']} | {s.get('predicted', '')} | {_fmt(s['precision'])} | "
+                    f"{_fmt(s['recall'])} | {_fmt(s['f1'])} |"
+                )
+        text += "\n### Clinical efficacy per observation\n\n" + "\n".join(rows) + "\n"
+    text += ce_variants_markdown(metrics)
+    return text

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from ..data.loaders import describe_dataset
-from ..evaluation.scoring import CE_METRIC_NAMES, NLG_METRIC_NAMES
-from ..sft.loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
+from ..evaluation.metrics.registry import card_rows
+from ..model_io import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
 from .tested_versions import load_tested_versions, render_tested_versions
 
 logger = logging.getLogger(__name__)
@@ -127,10 +127,6 @@ def read_metrics(path: str | Path | None) -> dict | None:
     return metrics
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # drops NaN
-
-
 def _looks_like_hub_id(name: str) -> bool:
     """`org/name` (or `name`) and not a local path."""
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not Path(name).exists() and not name.startswith(".")
@@ -145,11 +141,11 @@ def hub_id_of(name: str) -> str | None:
 
 
 def _flat_recipe(summary: dict) -> dict:
-    """A stage's recipe as one flat dict (training writes `{"rrg": ..., "model": ..., "training": ...}`)."""
+    """A stage's recipe as one flat dict (training writes `{"rrg": ..., "data": ..., "model": ..., "training": ...}`)."""
     recipe = summary.get("recipe") or {}
     flat: dict = {}
     for key, value in recipe.items():
-        if isinstance(value, dict) and key in ("rrg", "model", "training", "script", "peft"):
+        if isinstance(value, dict) and key in ("rrg", "data", "model", "training", "script", "peft"):
             flat.update(value)
         else:
             flat[key] = value
@@ -254,13 +250,7 @@ def build_card_context(
     results, ce_rows, labeler, split, eval_dataset = [], [], None, None, None
     if metrics:
         ce = metrics.get("clinical_efficacy") if isinstance(metrics.get("clinical_efficacy"), dict) else {}
-        flat_ce = {**{k: v for k, v in metrics.items() if k in dict(CE_METRIC_NAMES)}, **ce}
-        results = [(name, float(metrics[name])) for name in NLG_METRIC_NAMES if _is_number(metrics.get(name))]
-        from ..evaluation.ce_variants import card_rows  # the named CE variants, as metrics.json holds them
-
-        ce_rows = card_rows(metrics) or [
-            (label, float(flat_ce[key])) for key, label in CE_METRIC_NAMES if _is_number(flat_ce.get(key))
-        ]
+        results, ce_rows = card_rows(metrics)  # the metric registry names the rows, as metrics.json holds them
         labeler = ce.get("labeler") or metrics.get("labeler")
         split = metrics.get("split")
         eval_dataset = metrics.get("dataset_name") or metrics.get("data")

@@ -1,9 +1,14 @@
-"""Local `evaluate` modules for rrg, loadable offline.
+"""rrg's metrics: the one registry and its metric families, and the local `evaluate` modules.
 
-Each sub-folder holds one `evaluate` metric script named like its folder, so
-`evaluate.load(path_to_folder)` finds it without the Hub. The scripts are thin wrappers around
-`training.evaluation.scoring` (no duplicated logic), so the `rrg` package must be importable
-(`pip install -e .` or run from the repository root).
+- `registry.py`: [`~registry.Metric`] entries, [`~registry.MetricStats`] (per-report statistics + aggregate),
+  `per_report_scores` (one score per report pair, for rewards);
+- one module per metric family: `ngram.py` (BLEU, CIDEr, ROUGE-L, METEOR, ReXrank's BLEU-2), `clinical.py` (CheXpert
+  clinical efficacy), `bertscore.py`, `radgraph.py`;
+- `protocols.py`: scoring protocols (`r2gen`, `rexrank`) as lists of registry entries with settings.
+
+Each sub-folder holds one `evaluate` metric script named like its folder, so `evaluate.load(path_to_folder)` finds
+it without the Hub. The scripts are thin wrappers around the registry (no duplicated logic), so the `rrg` package
+must be importable (`pip install -e .` or run from the repository root).
 
 Example:
 

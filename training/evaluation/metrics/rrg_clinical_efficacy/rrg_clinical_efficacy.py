@@ -1,6 +1,7 @@
 """rrg clinical efficacy as a local `evaluate` module: CheXpert-label precision / recall / F1.
 
-Thin wrapper around `training.evaluation.scoring.compute_clinical_efficacy`. Load it offline with
+Thin wrapper around the metric registry (`training.evaluation.metrics.clinical.compute_clinical_efficacy`: the
+`clinical_efficacy` entry's uncertain-as-negative table). Load it offline with
 `evaluate.load("<repo>/training/evaluation/metrics/rrg_clinical_efficacy")`.
 """
 
@@ -11,10 +12,10 @@ import evaluate
 try:
     from training.evaluation.labeler import get_labeler
     from training.evaluation.metrics import report_pair_info
-    from training.evaluation.scoring import compute_clinical_efficacy
+    from training.evaluation.metrics.clinical import compute_clinical_efficacy
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "The rrg_clinical_efficacy metric wraps training.evaluation.scoring from the rrg repository; install it with "
+        "The rrg_clinical_efficacy metric wraps training.evaluation.metrics (the metric registry) from the rrg repository; install it with "
         "`pip install -e <path to the rrg repository>` or run from the repository root."
     ) from error
 

@@ -1,6 +1,7 @@
 """rrg natural-language metrics as a local `evaluate` module: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
-Thin wrapper around `training.evaluation.scoring.compute_nlg_metrics` (pycocoevalcap's scorers). Load it offline
+Thin wrapper around the metric registry (`training.evaluation.metrics.ngram.compute_nlg_metrics`: the `bleu`,
+`meteor`, `rouge_l` and `cider` entries, equal to pycocoevalcap's scorers). Load it offline
 with `evaluate.load("<repo>/training/evaluation/metrics/rrg_nlg")`.
 """
 
@@ -10,10 +11,10 @@ import evaluate
 # `pip install training`, which is not our package.
 try:
     from training.evaluation.metrics import report_pair_info
-    from training.evaluation.scoring import compute_nlg_metrics
+    from training.evaluation.metrics.ngram import compute_nlg_metrics
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "The rrg_nlg metric wraps training.evaluation.scoring from the rrg repository; install it with "
+        "The rrg_nlg metric wraps training.evaluation.metrics (the metric registry) from the rrg repository; install it with "
         "`pip install -e <path to the rrg repository>` or run from the repository root."
     ) from error
 
