@@ -16,16 +16,16 @@ from helpers import iu_xray_reports
 
 pytest.importorskip("radeval", reason="RadGraph annotation needs `pip install --no-deps radeval==2.2.1`")
 
-from training.evaluation.radgraph_f1 import (  # noqa: E402
+from training.evaluation.metrics.radgraph import (  # noqa: E402
     RADGRAPH_LEVELS,
     RadGraphAnnotator,
-    RadGraphScorer,
     entity_relation_f1,
     radgraph_f1_from_annotations,
     radgraph_metric_name,
     radgraph_model_type,
     vendored_radgraph,
 )
+from training.evaluation.metrics.registry import Inputs, compute_metric  # noqa: E402
 from training.sandbox.tiny_scorers import save_tiny_radgraph  # noqa: E402
 
 FALLBACK = [
@@ -54,7 +54,11 @@ def _pairs(count=8):
         texts = FALLBACK * 3
     else:
         texts = [r["findings"] for r in reports if r.get("findings")][: 2 * count]
-    return texts[:count], texts[count : 2 * count] or texts[::-1]
+    hyps, refs = texts[:count], texts[count : 2 * count]
+    # two hypotheses are their reference less its first sentence: relations shared in part, not 0 or 1
+    for i in (count - 2, count - 1):
+        hyps[i] = refs[i].split(". ", 1)[-1]
+    return hyps, refs
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,7 @@ def test_vendored_import_needs_no_radeval_init_and_no_download():
     code = (
         "import sys, nltk\n"
         "nltk.download = lambda *a, **k: (_ for _ in ()).throw(AssertionError('nltk.download called'))\n"
-        "from training.evaluation.radgraph_f1 import vendored_radgraph\n"
+        "from training.evaluation.metrics.radgraph import vendored_radgraph\n"
         "core = vendored_radgraph('core')\n"
         "print(core.RadGraph.__module__, 'radeval' in sys.modules, 'radeval.radeval' in sys.modules)\n"
     )
@@ -94,10 +98,10 @@ def test_annotations_and_reward_levels_equal_radevals_f1radgraph(tiny_radgraph):
     model_dir, encoder_dir, ref_cache = tiny_radgraph
     hyps, refs = _pairs()
     hyps[3] = ""  # an empty hypothesis scores 0 at every reward level (F1RadGraph)
-    scorer = RadGraphScorer(model_dir, encoder_dir=encoder_dir)
-    assert scorer.model_type == "radgraph"
-    ours = scorer.score(hyps, refs)
-    assert ours["radgraph_model_type"] == "radgraph"
+    inputs = Inputs(hyps, refs, {"radgraph_model": str(model_dir), "radgraph_encoder": str(encoder_dir)})
+    ours = {"per_report": {m.name: m.per_report().tolist() for m in compute_metric("radgraph", inputs)}}
+    assert inputs.record["radgraph_model_type"] == "radgraph"
+    assert set(ours["per_report"]) == {f"RadGraph-F1-{level}/radgraph" for level in ("simple", "partial", "complete")}
 
     core = vendored_radgraph("core")
     reference = core.F1RadGraph(reward_level="all", model_type="radgraph", model_cache_dir=str(ref_cache), cuda=-1)
@@ -109,7 +113,7 @@ def test_annotations_and_reward_levels_equal_radevals_f1radgraph(tiny_radgraph):
     assert sum(len(e["relations"]) for g in ref_graphs for e in g["entities"].values()) > 0
 
     # our annotations are RadEval's RadGraph's, report by report
-    annotator = scorer.annotator
+    annotator = RadGraphAnnotator(model_dir, encoder_dir=encoder_dir)
     ours_graphs = annotator.annotate([h for h in hyps if h])
     assert [g["entities"] for g in ours_graphs] == [g["entities"] for g in hyp_graphs]
 
@@ -169,11 +173,11 @@ def test_hand_made_graphs_every_level():
 def test_missing_folder_files_encoder_and_model_type_are_named(tmp_path, tiny_radgraph):
     model_dir, encoder_dir, _ = tiny_radgraph
     with pytest.raises(FileNotFoundError, match="does not exist.*--radgraph-model"):
-        RadGraphScorer(tmp_path / "absent")
+        RadGraphAnnotator(tmp_path / "absent")
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="lacks vocabulary, weights.th"):
-        RadGraphScorer(tmp_path / "partial")
+        RadGraphAnnotator(tmp_path / "partial")
     # the encoder named in config.json is a Hub id that is not cached: named, with the flag to pass
     with pytest.raises(FileNotFoundError, match="microsoft/BiomedNLP.*--radgraph-encoder"):
         RadGraphAnnotator(model_dir)
@@ -183,3 +187,27 @@ def test_missing_folder_files_encoder_and_model_type_are_named(tmp_path, tiny_ra
     assert config["model"]["embedder"]["token_embedders"]["bert"]["model_name"].startswith("microsoft/")
     assert radgraph_model_type(model_dir) == "radgraph"
     assert (encoder_dir / "vocab.txt").is_file()
+
+
+def test_rexrank_radgraph_entry_and_saved_annotations_need_the_model_type(tiny_radgraph):
+    from training.evaluation.scorecard import score_reports
+
+    model_dir, encoder_dir, _ = tiny_radgraph
+    hyps, refs = _pairs(4)
+    m = score_reports(hyps, refs, meteor=False, replicates=10, protocol="r2gen,rexrank", radgraph_model=str(model_dir),
+                      radgraph_encoder=str(encoder_dir))
+    annotator = RadGraphAnnotator(model_dir, encoder_dir=encoder_dir)
+    expected = radgraph_f1_from_annotations(annotator.annotate(hyps), annotator.annotate(refs), "radgraph")
+    for name in ("RadGraph-F1-partial/radgraph", "RadGraph-F1-combined/radgraph"):
+        assert m[name] == pytest.approx(sum(expected[name]) / 4) and name in m["confidence_intervals"]
+    assert m["radgraph_model_type"] == "radgraph" and m["metric_definitions"]["RadGraph-F1-combined/radgraph"]
+    graph = {"entities": {"1": {"tokens": "edema", "label": "OBS-DP", "start_ix": 0, "end_ix": 0, "relations": []}}}
+    with pytest.raises(ValueError, match="--radgraph-model-type"):
+        score_reports(["a"], ["b"], meteor=False, replicates=0, radgraph_annotations=([graph], [graph]))
+    saved = score_reports(["a"], ["b"], meteor=False, replicates=0, radgraph_annotations=([graph], [graph]),
+                          radgraph_model_type="radgraph-xl")
+    assert saved["RadGraph-F1-partial/radgraph-xl"] == 1.0
+    # ReXrank's column is the original model's: another model type is refused, naming it
+    with pytest.raises(ValueError, match="original RadGraph model.*'radgraph-xl'"):
+        score_reports(["a"], ["b"], meteor=False, replicates=0, protocol="rexrank",
+                      radgraph_annotations=([graph], [graph]), radgraph_model_type="radgraph-xl")

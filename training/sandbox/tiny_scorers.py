@@ -115,7 +115,7 @@ def save_tiny_radgraph(folder, texts=(), model_type: str = "radgraph", seed: int
     import torch
     from dotmap import DotMap
 
-    from ..evaluation.radgraph_f1 import vendored_radgraph
+    from ..evaluation.metrics.radgraph import vendored_radgraph
 
     folder = Path(folder)
     encoder_dir = save_tiny_bert(folder / "encoder", texts, weights=False)

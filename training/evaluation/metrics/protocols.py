@@ -65,6 +65,7 @@ PROTOCOLS: dict[str, Protocol] = {
         "rexrank",
         (
             ProtocolEntry("rexrank/BLEU-2"),
+            ProtocolEntry("rexrank/RadGraph", optional=True),
         ),
         "ReXrank leaderboard (CXR-Report-Metric): per-report BLEU-2 (fast-bleu, i.e. nltk's sentence_bleu with "
         "weights (1/2, 1/2) and smoothing method 1) on lower-cased reports with '.' split off, averaged over reports",
