@@ -326,3 +326,47 @@ def iu_xray_reports(limit: int | None = None) -> list[dict]:
             sections = {node.get("Label").lower(): node.text for node in root.iter("AbstractText")}
             reports.append({"uid": root.find("uId").get("id"), **sections})
     return reports
+
+
+def radeval_module(name: str):
+    """A RadEval 2.2.1 module (e.g. `radeval.metrics.RadCliQv1.radcliq`) imported without `radeval/__init__` (which
+    imports every metric and calls `nltk.download`): `radeval` registered as a bare package, the same trick as the
+    adapter's `RadEval` alias (`training.evaluation.metrics.radgraph.vendored_radgraph`). Reference runs only."""
+    import importlib
+    import importlib.util
+    import types
+
+    from training.evaluation.metrics.radgraph import vendored_radgraph
+
+    vendored_radgraph()
+    if "radeval" not in sys.modules:
+        alias = types.ModuleType("radeval")
+        alias.__path__ = list(importlib.util.find_spec("radeval").submodule_search_locations)
+        sys.modules["radeval"] = alias
+    return importlib.import_module(name)
+
+
+def iu_findings_or(fallback: list[str], count: int, limit: int = 300) -> list[str]:
+    """`count` IU X-Ray findings sections (torchxrayvision's wheel), or `fallback` repeated when it is not installed."""
+    import pytest
+
+    try:
+        reports = iu_xray_reports(limit=limit)
+    except pytest.skip.Exception:
+        return (fallback * (count // len(fallback) + 1))[:count]
+    return [r["findings"] for r in reports if r.get("findings")][:count]
+
+
+def _one_torch_thread():
+    # tiny scorer models have small matrices: on a loaded 2-core machine torch's second thread only waits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_torch_thread_fixture():
+    """A module-scoped autouse fixture running the module's tests on one torch thread (assign it in the module)."""
+    import pytest
+
+    return pytest.fixture(autouse=True, scope="module")(_one_torch_thread)

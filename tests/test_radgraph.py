@@ -2,17 +2,14 @@
 report text, and equality with RadEval's own functions (its `RadGraph` / `F1RadGraph`, its RadCliQ's entity and
 relation F1) on the same inputs."""
 
-import importlib
-import importlib.util
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
-from helpers import iu_xray_reports
+from helpers import iu_findings_or, one_torch_thread_fixture, radeval_module
 
 pytest.importorskip("radeval", reason="RadGraph annotation needs `pip install --no-deps radeval==2.2.1`")
 
@@ -36,24 +33,11 @@ FALLBACK = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the tiny models' matrices are small: on a loaded 2-core machine torch's second thread only waits
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = one_torch_thread_fixture()
 
 
 def _pairs(count=8):
-    try:
-        reports = iu_xray_reports(limit=200)
-    except pytest.skip.Exception:
-        texts = FALLBACK * 3
-    else:
-        texts = [r["findings"] for r in reports if r.get("findings")][: 2 * count]
+    texts = iu_findings_or(FALLBACK, 2 * count)
     hyps, refs = texts[:count], texts[count : 2 * count]
     # two hypotheses are their reference less its first sentence: relations shared in part, not 0 or 1
     for i in (count - 2, count - 1):
@@ -125,7 +109,7 @@ def test_combined_levels_equal_radevals_radcliq_functions(tiny_radgraph):
     annotator = RadGraphAnnotator(model_dir, encoder_dir=encoder_dir)
     hyp_graphs, ref_graphs = annotator.annotate(hyps), annotator.annotate(refs)
 
-    radcliq = _radeval_module("radeval.metrics.RadCliQv1.radcliq")
+    radcliq = radeval_module("radeval.metrics.RadCliQv1.radcliq")
     expected_entity, expected_relation = [], []
     for h, r in zip(hyp_graphs, ref_graphs):
         expected_entity.append(radcliq.compute_f1(radcliq.extract_entities(r), radcliq.extract_entities(h)))
@@ -136,17 +120,6 @@ def test_combined_levels_equal_radevals_radcliq_functions(tiny_radgraph):
     combined = [(e + r) / 2 for e, r in zip(expected_entity, expected_relation)]
     assert scores["RadGraph-F1-combined/radgraph"] == pytest.approx(combined, abs=1e-15)
     assert len(set(combined)) > 3 and max(expected_relation) > 0
-
-
-def _radeval_module(name):
-    """A RadEval module imported without `radeval/__init__` (test-only: the same bare-package trick as the adapter's
-    `RadEval` alias, for the lower-case name RadEval's non-vendored files use)."""
-    vendored_radgraph()
-    if "radeval" not in sys.modules or hasattr(sys.modules["radeval"], "RadEval"):
-        alias = types.ModuleType("radeval")
-        alias.__path__ = list(importlib.util.find_spec("radeval").submodule_search_locations)
-        sys.modules["radeval"] = alias
-    return importlib.import_module(name)
 
 
 def test_hand_made_graphs_every_level():

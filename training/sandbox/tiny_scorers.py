@@ -136,12 +136,12 @@ def save_tiny_radgraph(folder, texts=(), model_type: str = "radgraph", seed: int
     embedders = vendored_radgraph("allennlp.modules.token_embedders")
     field_embedders = vendored_radgraph("allennlp.modules.text_field_embedders")
     dygie = vendored_radgraph("dygie.models.dygie")
+    torch.manual_seed(seed)  # the encoder's random weights too
     embedder = field_embedders.BasicTextFieldEmbedder(
         {"bert": embedders.PretrainedTransformerMismatchedEmbedder(model_name=str(encoder_dir), max_length=512)})
     arguments = DotMap(config["model"]).toDict()
     for name in ("type", "embedder", "initializer", "module_initializer"):
         arguments.pop(name)
-    torch.manual_seed(seed)
     model = dygie.DyGIE(vocab=vocabulary, embedder=embedder, **arguments)
     state = model.state_dict()
     with torch.no_grad():
@@ -156,13 +156,16 @@ def save_tiny_radgraph(folder, texts=(), model_type: str = "radgraph", seed: int
     return model_dir, encoder_dir
 
 
-def save_tiny_chexbert(path, tokenizer_dir, seed: int = 0) -> Path:
+def save_tiny_chexbert(path, tokenizer_dir, seed: int = 0, initializer_range: float = 1.0) -> Path:
     """A random `chexbert.pth` in the released format, on the BERT geometry of `tokenizer_dir` (a
-    [`save_tiny_bert`] folder): 13 four-class heads and the two-class "No Finding" head on the [CLS] state."""
+    [`save_tiny_bert`] folder): 13 four-class heads and the two-class "No Finding" head on the [CLS] state. The
+    large `initializer_range` makes the [CLS] embeddings of different reports differ (BERT's 0.02 gives cosines
+    within 1e-4 of 1 on a random model)."""
     import torch
     from transformers import BertConfig, BertModel
 
     config = BertConfig.from_pretrained(str(tokenizer_dir))
+    config.initializer_range = initializer_range
     torch.manual_seed(seed)
     bert = BertModel(config)
     state = OrderedDict((f"module.bert.{k}", v) for k, v in bert.state_dict().items() if not k.endswith("position_ids"))
