@@ -306,7 +306,8 @@ def build_training_workspace(root, num_train: int = 48, num_eval: int = 8):
 def iu_xray_reports(limit: int | None = None) -> list[dict]:
     """The IU X-Ray (OpenI) report XMLs torchxrayvision's wheel ships (`data/NLMCXR_reports.tgz`; CC BY-NC-ND, read
     from the installed package, never copied into the repository): one dict per report with `uid` and the
-    `AbstractText` sections by label (`comparison`, `indication`, `findings`, `impression`; `None` when empty).
+    `AbstractText` sections by label (`comparison`, `indication`, `findings`, `impression`; `None` when empty) and
+    `mesh_major` (the coders' MeSH terms, e.g. `"Cardiomegaly/mild"`, `"normal"`).
     Skips the calling test when torchxrayvision is not installed (`pip install --no-deps torchxrayvision`)."""
     import importlib.util
     import tarfile
@@ -324,7 +325,8 @@ def iu_xray_reports(limit: int | None = None) -> list[dict]:
         for name in names[:limit]:
             root = ElementTree.parse(tar.extractfile(name)).getroot()
             sections = {node.get("Label").lower(): node.text for node in root.iter("AbstractText")}
-            reports.append({"uid": root.find("uId").get("id"), **sections})
+            mesh = [node.text for node in root.iter("major") if node.text]
+            reports.append({"uid": root.find("uId").get("id"), **sections, "mesh_major": mesh})
     return reports
 
 
