@@ -139,3 +139,37 @@ def test_rexrank_protocol_writes_every_column(tmp_path, tiny_chexbert):
     with pytest.raises(ValueError, match="--chexbert-checkpoint"):
         compute_metric("rexrank/RadCliQ-v1", Inputs(hyps, refs, {k: v for k, v in settings.items()
                                                                   if not k.startswith("chexbert")}))
+
+
+@pytest.mark.slow
+def test_rrg_evaluate_protocol_rexrank_writes_every_column(tmp_path, tiny_chexbert):
+    """`rrg evaluate --protocol rexrank` as a user runs it: a saved rrg folder, every ReXrank model folder given."""
+    pytest.importorskip("radeval")
+    import json
+
+    from training.cli import main
+    from training.model_io import COMPLETE_MARKER
+    from training.sandbox.synthetic import generate_synthetic_dataset
+    from training.sandbox.tiny import build_tiny_model
+    from training.sandbox.tiny_scorers import save_tiny_radgraph
+
+    data = generate_synthetic_dataset(tmp_path / "data", num_train=2, num_val=1, num_test=4, image_size=32, seed=1)
+    model, processor = build_tiny_model(seed=3)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / COMPLETE_MARKER).write_text(json.dumps({"stage": 1}))
+    checkpoint, tokenizer_dir = tiny_chexbert
+    radgraph_dir, encoder_dir = save_tiny_radgraph(tmp_path / "radgraph", FALLBACK)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--output-dir", str(out),
+                 "--max-new-tokens", "6", "--no-meteor", "--bootstrap", "20", "--protocol", "rexrank",
+                 "--bertscore-model", str(_minilm_folder()), "--chexbert-checkpoint", str(checkpoint),
+                 "--chexbert-tokenizer", str(tokenizer_dir), "--radgraph-model", str(radgraph_dir),
+                 "--radgraph-encoder", str(encoder_dir)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("rexrank/BLEU-2", "rexrank/BERTScore-F1", "rexrank/SembScore", "RadGraph-F1-combined/radgraph",
+                 "rexrank/RadCliQ-v1", "rexrank/1/RadCliQ-v1"):
+        assert isinstance(metrics[name], float) and name in metrics["confidence_intervals"], name
+    assert metrics["rexrank/1/RadCliQ-v1"] == pytest.approx(1 / metrics["rexrank/RadCliQ-v1"])
+    assert metrics["radgraph_model_type"] == "radgraph" and metrics["protocol"] == "rexrank"
+    assert "rexrank/1/RadCliQ-v1" in (out / "metrics.md").read_text()
