@@ -33,13 +33,13 @@ def _vocabulary(texts) -> list[str]:
 
 
 def save_tiny_bert(folder, texts=(), hidden_size: int = 32, num_layers: int = 2, weights: bool = True,
-                   seed: int = 0, model_type: str = "bert") -> Path:
+                   seed: int = 0, model_type: str = "bert", max_positions: int = 130) -> Path:
     """A tiny encoder folder loadable with `AutoModel` / `AutoTokenizer` (local files only).
 
     Args:
         folder: Output folder.
         texts: Texts whose words (lower-cased, punctuation split) form the WordPiece vocabulary.
-        hidden_size, num_layers: Geometry (2 attention heads, 128 positions).
+        hidden_size, num_layers, max_positions: Geometry (2 attention heads).
         weights (`bool`): Write random weights (`model.safetensors`); `False` writes config and tokenizer only.
         seed (`int`): Seed of the random weights.
         model_type (`str`): `"bert"` or `"roberta"` (a RoBERTa geometry with the same WordPiece tokenizer).
@@ -54,7 +54,7 @@ def save_tiny_bert(folder, texts=(), hidden_size: int = 32, num_layers: int = 2,
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
     config = AutoConfig.for_model(model_type, vocab_size=len(vocab), hidden_size=hidden_size,
                                   num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=37,
-                                  max_position_embeddings=130, pad_token_id=0)
+                                  max_position_embeddings=max_positions, pad_token_id=0)
     config.save_pretrained(str(folder))
     if weights:
         torch.manual_seed(seed)
@@ -94,7 +94,8 @@ def _dygie_config(encoder_name: str, max_span_width: int = 8) -> dict:
 
 def save_tiny_radgraph(folder, texts=(), model_type: str = "radgraph", seed: int = 0,
                        encoder_name: str | None = "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext",
-                       entity_bias: float = -1.0, relation_bias: float = 2.0, entity_scale: float = 30.0) -> tuple[Path, Path]:
+                       entity_bias: float = -1.0, relation_bias: float = 2.0, entity_scale: float = 30.0,
+                       max_positions: int = 130) -> tuple[Path, Path]:
     """A released-format RadGraph folder `folder/<model_type>` and its encoder folder `folder/encoder`.
 
     Args:
@@ -108,6 +109,7 @@ def save_tiny_radgraph(folder, texts=(), model_type: str = "radgraph", seed: int
         entity_scale, entity_bias, relation_bias (`float`): The entity scorer's output weights are multiplied by
             `entity_scale` and its biases shifted by `entity_bias`, the relation scorer's biases by `relation_bias`,
             so a random model labels some spans (about one per word) and relates some of them.
+        max_positions (`int`): The encoder's positions (512 for long reports: the reader truncates at 512 tokens).
 
     Returns:
         `(model_dir, encoder_dir)`.
@@ -118,7 +120,7 @@ def save_tiny_radgraph(folder, texts=(), model_type: str = "radgraph", seed: int
     from ..evaluation.metrics.radgraph import vendored_radgraph
 
     folder = Path(folder)
-    encoder_dir = save_tiny_bert(folder / "encoder", texts, weights=False)
+    encoder_dir = save_tiny_bert(folder / "encoder", texts, weights=False, max_positions=max_positions)
     model_dir = folder / model_type
     vocab_dir = model_dir / "vocabulary"
     vocab_dir.mkdir(parents=True, exist_ok=True)
