@@ -252,3 +252,22 @@ def test_each_metric_is_implemented_once():
         hits = _definitions(pattern)
         assert len(hits) <= 1, (pattern, hits)
     assert len(_definitions(r"def _ngrams\(")) == 1 and len(_definitions(r"PTBTokenizer\(\)")) == 1
+
+
+def test_rrg_compare_reads_the_same_registry_stats(tmp_path):
+    import json
+
+    from training.evaluation.compare import compare_predictions
+
+    refs = _texts(80, 8)
+    rng = random.Random(1)
+    good = [r if rng.random() < 0.8 else "no acute process" for r in refs]
+    for name, preds in (("a", _texts(80, 9)), ("b", good)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": str(i), "reference": r, "prediction": p}) + "\n" for i, (r, p) in enumerate(zip(refs, preds))))
+    result = compare_predictions(tmp_path / "a.jsonl", tmp_path / "b.jsonl", replicates=100, meteor=False,
+                                 protocol="rexrank")
+    row = result["metrics"]["rexrank/BLEU-2"]
+    expected_b = per_report_scores("rexrank/BLEU-2", good, refs).mean()
+    assert row["b"] == pytest.approx(expected_b) and row["difference"] > 0 and row["p_value"] < 0.05
+    assert "BLEU-4" not in result["metrics"]  # only the protocol's entries

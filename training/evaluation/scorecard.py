@@ -85,7 +85,6 @@ def metric_stats(predictions: list[str], references: list[str], labeler=None, cl
         raise ValueError(f"`tokenization` must be 'r2gen' or 'ptb', got {tokenization!r}.")
     entries = protocol_entries(protocol, settings)
     inputs = Inputs(predictions, references, settings)
-    inputs.text  # noqa: B018 - prepares the text (and records the reference truncation) for every protocol
     stats: list[MetricStats] = []
     definitions = {}
     for entry in entries:

@@ -22,7 +22,21 @@ Example:
 
 from pathlib import Path
 
-__all__ = ["METRICS_DIR", "NLG_METRIC_PATH", "CLINICAL_EFFICACY_METRIC_PATH", "load_metric", "report_pair_info"]
+from .registry import Metric, MetricStats, get_metric, list_metrics, per_report_scores, register
+
+__all__ = [
+    "Metric",
+    "MetricStats",
+    "get_metric",
+    "list_metrics",
+    "per_report_scores",
+    "register",
+    "METRICS_DIR",
+    "NLG_METRIC_PATH",
+    "CLINICAL_EFFICACY_METRIC_PATH",
+    "load_metric",
+    "report_pair_info",
+]
 
 METRICS_DIR = Path(__file__).resolve().parent
 NLG_METRIC_PATH = METRICS_DIR / "rrg_nlg"

@@ -20,6 +20,7 @@ from the same counts. [`PAPER_VARIANTS`] says which variant a paper's table repo
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 
@@ -96,15 +97,21 @@ def _variants():
     return [(p, labels, a, m) for p in UNCERTAIN_POLICIES for labels in LABEL_SETS for a in AVERAGINGS for m in _METRICS]
 
 
+@functools.cache
+def _rule_labeler():
+    # compiling the phrase lists takes most of a second: one instance per process (it holds no state between calls)
+    from ..labeler import RuleBasedLabeler
+
+    return RuleBasedLabeler()
+
+
 def get_default_labeler(inputs: Inputs):
     """The settings' labeler (an object with `name` and `label_batch`), the offline rule-based one by default."""
 
     def make():
         labeler = inputs.settings.get("labeler")
         if labeler is None:
-            from ..labeler import RuleBasedLabeler
-
-            labeler = RuleBasedLabeler()
+            labeler = _rule_labeler()
         if not hasattr(labeler, "label_batch") or not hasattr(labeler, "name"):
             raise TypeError(
                 "`labeler` must have a `name` and a `label_batch(reports)` method (see training.evaluation.labeler)."

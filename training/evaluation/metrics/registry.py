@@ -25,7 +25,9 @@ register(Metric(name="mine/length-ratio", family="mine", compute=_length_ratio, 
 
 A metric that needs a local model folder names the setting that holds it (`model=("mine_model",)`): a protocol that
 lists it fails with an error naming the flag (`--mine-model`) when the folder is not given, unless the protocol marks
-the entry optional.
+the entry optional. The setting reaches `inputs.settings` as a `ScoringArguments` field of the same name
+(`training/arguments.py`; `score_kwargs()` passes every field to `score_reports`), or as a keyword of
+`score_reports` / [`per_report_scores`].
 """
 
 from __future__ import annotations
