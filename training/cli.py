@@ -6,6 +6,7 @@ rrg data      --out DIR [--num-train N ...]                 generate the synthet
 rrg train     --config RECIPE.yaml [--field value ...]      stage 1 or 2 (trl SFTTrainer; torchrun-able)
 rrg evaluate  --model DIR --data DATA --output-dir DIR      generate + BLEU/METEOR/ROUGE-L/CIDEr + clinical efficacy
 rrg compare   A/predictions.jsonl B/predictions.jsonl       paired bootstrap: B - A per metric, CI, p-value
+rrg rexrank-submit --model DIR --input_json_file F --save_json_file F --img_root_dir DIR   ReXrank submission
 rrg analyze   --model DIR --data DATA --output-dir DIR      soft-prompt and attention analyses
 rrg export    MODEL_DIR --output-dir DIR [--metrics EVAL]   Hub-ready folder (merged, remote code, model card)
 rrg push      FOLDER --repo-id ORG/NAME [--private] [--dry-run]   upload to the Hugging Face Hub
@@ -38,6 +39,8 @@ COMMANDS = {
     "data": ("training.sandbox.synthetic", "main", "Generate the synthetic chest X-ray benchmark."),
     "train": ("training.sft.train", "main", "Train stage 1 (projector) or stage 2 (LoRA/full + projector)."),
     "evaluate": ("training.evaluation.evaluator", "main", "Generate reports for a split and score them."),
+    "rexrank-submit": ("training.evaluation.rexrank_submit", "main",
+                       "Generate a ReXrank submission (inference.py form: --input_json_file --save_json_file --img_root_dir)."),
     "compare": ("training.evaluation.compare", "main", "Paired bootstrap test between two prediction files of the same studies."),
     "analyze": ("training.analysis.report", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
     "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),

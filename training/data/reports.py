@@ -6,7 +6,7 @@ import re
 
 from .report_cleaning import clean_report_r2gen
 
-__all__ = ["REPORT_SECTIONS", "clean_report", "split_sections", "select_section"]
+__all__ = ["REPORT_SECTIONS", "clean_report", "split_sections", "select_section", "report_indication"]
 
 REPORT_SECTIONS = ("both", "findings", "impression", "full")
 
@@ -93,3 +93,32 @@ def select_section(report: str, section: str = "both") -> str:
     if section == "both":
         return " ".join(p for p in (parts["findings"], parts["impression"]) if p)
     return parts[section]
+
+
+_INDICATION_RE = re.compile(
+    r"(?im)(?:^|\b)(indication|clinical history|history|reason for (?:exam|examination|study))\s*:\s*"
+)
+_HEADERS = r"findings|impression|conclusion|comparison|technique|examination|exam|history|indication|recommendations?"
+# a known header at the start of a line (any case) or in upper case anywhere, as `_SECTION_HEADER_RE`
+_NEXT_HEADER_RE = re.compile(rf"(?im:^\s*(?:{_HEADERS})\s*:)|\b(?:{_HEADERS.upper()})\s*:")
+
+
+def report_indication(report: str) -> str:
+    """
+    The indication of a report: the text after an `INDICATION:` (or `HISTORY:`, `CLINICAL HISTORY:`, `REASON FOR
+    EXAM:`) header, up to the next section header; empty when there is none.
+
+    Args:
+        report (`str`): Report text.
+
+    Returns:
+        `str`: the indication (stripped), e.g. `"Positive TB test"`.
+    """
+    match = _INDICATION_RE.search(report)
+    if not match:
+        return ""
+    rest = report[match.end() :]
+    while (repeated := _INDICATION_RE.match(rest)) is not None:  # "INDICATION: INDICATION: ..." (IU X-Ray)
+        rest = rest[repeated.end() :]
+    following = _NEXT_HEADER_RE.search(rest)
+    return (rest[: following.start()] if following else rest).strip()

@@ -29,6 +29,7 @@ def generate_batch(
     studies: Sequence[Sequence],
     generation_kwargs: dict | None = None,
     instruction: str | None = None,
+    indications: Sequence[str | None] | None = None,
 ) -> list[dict]:
     """
     Generate one report per study in a single left-padded `generate` call.
@@ -43,6 +44,8 @@ def generate_batch(
         generation_kwargs (`dict`, *optional*): Passed to `generate` over [`DEFAULT_GENERATION`] (`num_beams`,
             `max_new_tokens`, `repetition_penalty`, ...).
         instruction (`str`, *optional*): Instruction override (defaults to the processor's).
+        indications (`Sequence[str | None]`, *optional*): One clinical indication per study (or `None`), prepended to
+            the instruction by the processor.
 
     Returns:
         `list[dict]` per study: `prompt_ids` (unpadded), `report_ids` (up to and including the first EOS) and `report`
@@ -56,7 +59,9 @@ def generate_batch(
     if kwargs.get("pad_token_id") is None and model.generation_config.pad_token_id is None:
         kwargs["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     device = next(model.parameters()).device
-    inputs = processor(images=[list(views) for views in studies], instruction=instruction, padding_side="left")
+    extra = {"indication": list(indications)} if indications is not None else {}
+    inputs = processor(images=[list(views) for views in studies], instruction=instruction, padding_side="left",
+                       **extra)
     inputs = {key: value.to(device) for key, value in inputs.items()}
     output = model.generate(**inputs, **kwargs)
     width = inputs["input_ids"].shape[1]

@@ -437,6 +437,39 @@ class CheXbertLabeler:
                 raise TypeError(f"Every report must be a string, got {type(report).__name__}.")
         torch = self._torch
         results: list[dict[str, int | None]] = []
+        for input_ids, attention_mask in self._batches(reports):
+            with torch.no_grad():
+                logits = self.model(input_ids, attention_mask)
+            classes = torch.stack([head.argmax(dim=-1) for head in logits], dim=1).tolist()
+            for row in classes:
+                results.append(
+                    {obs: self.CLASS_TO_LABEL[int(c)] for obs, c in zip(CHEXPERT_OBSERVATIONS, row, strict=True)}
+                )
+        return results
+
+    def embed_batch(self, reports: Iterable[str]):
+        """CheXbert embeddings: the encoder's last hidden state at [CLS], before dropout and heads (what
+        CXR-Report-Metric's `CheXbert/src/encode.py` saves for SembScore), one row per report.
+
+        Args:
+            reports (`list[str]`): Report texts (preprocessed and truncated as in [`~CheXbertLabeler.label_batch`]).
+
+        Returns:
+            `np.ndarray` of shape `(len(reports), hidden_size)`, float32.
+        """
+        import numpy as np
+
+        if isinstance(reports, str):
+            raise TypeError("`reports` must be a list of strings, not a single string.")
+        reports = list(reports)
+        rows = []
+        for input_ids, attention_mask in self._batches(reports):
+            with self._torch.no_grad():
+                rows.append(self.model.bert(input_ids, attention_mask=attention_mask)[0][:, 0, :].float().cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, self.model.bert.config.hidden_size), dtype=np.float32)
+
+    def _batches(self, reports: list[str]):
+        torch = self._torch
         for offset in range(0, len(reports), self.batch_size):
             encoded = [self._encode(r) for r in reports[offset : offset + self.batch_size]]
             length = max(len(ids) for ids in encoded)
@@ -445,14 +478,7 @@ class CheXbertLabeler:
             for row, ids in enumerate(encoded):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention_mask[row, : len(ids)] = 1
-            with torch.no_grad():
-                logits = self.model(input_ids.to(self.device), attention_mask.to(self.device))
-            classes = torch.stack([head.argmax(dim=-1) for head in logits], dim=1).tolist()
-            for row in classes:
-                results.append(
-                    {obs: self.CLASS_TO_LABEL[int(c)] for obs, c in zip(CHEXPERT_OBSERVATIONS, row, strict=True)}
-                )
-        return results
+            yield input_ids.to(self.device), attention_mask.to(self.device)
 
     def label(self, report: str) -> dict[str, int | None]:
         """Label one report; see [`~CheXbertLabeler.label_batch`]."""

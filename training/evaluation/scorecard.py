@@ -4,8 +4,8 @@
 registry, `training.evaluation.metrics.registry`) on the report pairs. The default, `r2gen`, cleans both sides the
 R2Gen way (`training.data.report_cleaning`), scores BLEU-1..4 and CIDEr (matrix form, equal to pycocoevalcap's
 scorers; see `tests/test_scorecard.py`), ROUGE-L and METEOR (pycocoevalcap), every named clinical-efficacy variant
-(`training.evaluation.metrics.clinical`), and BERTScore (the `bert-score` package) and RadGraph-F1 (the `radgraph`
-package) when their local model folders are given; `rexrank` adds ReXrank's columns under `rexrank/...` names. Every
+(`training.evaluation.metrics.clinical`), and BERTScore (the `bert-score` package) and RadGraph-F1 (RadEval's vendored
+radgraph) when their local model folders are given; `rexrank` adds ReXrank's columns under `rexrank/...` names. Every
 metric gets a paired bootstrap 95% interval under `"confidence_intervals"`. References are scored untruncated unless
 `reference_max_tokens` asks for R2Gen's protocol (references cut to the model's maximum sequence length, which
 flatters scores). [`metrics_to_markdown`] renders metrics.md.
@@ -115,8 +115,8 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
         reference_max_tokens (`int`, *optional*): R2Gen's protocol: cut references to this max sequence length.
         bertscore_model, bertscore_layer: Local encoder folder (and hidden layer) for BERTScore.
         radgraph_model: Local RadGraph model folder for RadGraph-F1.
-        radgraph_annotations: `(prediction graphs, reference graphs)` saved from the radgraph package, one per
-            report, instead of a model (the package cannot run on transformers 5).
+        radgraph_annotations: `(prediction graphs, reference graphs)` saved from a RadGraph model, one per report,
+            instead of a model (with `radgraph_model_type`, the model that made them).
         replicates (`int`): Bootstrap replicates (0 skips the intervals).
         seed (`int`): Seed of the resampling.
         protocol (`str` or `list[str]`): Scoring protocol(s) (`training.evaluation.metrics.protocols`): `"r2gen"`

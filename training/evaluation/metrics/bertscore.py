@@ -6,9 +6,37 @@ import os
 
 from .registry import Inputs, Metric, MetricStats, check_pairs, mean_stats, register
 
-__all__ = ["BERTSCORE_METRIC_NAMES", "compute_bertscore"]
+__all__ = ["BERTSCORE_METRIC_NAMES", "REXRANK_BERTSCORE_NAME", "compute_bertscore", "baseline_file"]
 
 BERTSCORE_METRIC_NAMES = ("BERTScore-P", "BERTScore-R", "BERTScore-F1")
+# ReXrank's BERTScore column (CXR-Report-Metric's add_bertscore_col): distilroberta-base at bert-score's default layer
+# for it (5), rescaled with the baseline file the bert-score wheel ships, idf off; the F1 per report, averaged.
+REXRANK_BERTSCORE_NAME = "rexrank/BERTScore-F1"
+REXRANK_BERTSCORE_MODEL = "distilroberta-base"
+
+
+def baseline_file(model_type: str = REXRANK_BERTSCORE_MODEL, lang: str = "en") -> str:
+    """The rescaling baseline the installed bert-score ships for `model_type` (`rescale_baseline/<lang>/<model>.tsv`)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("bert_score")
+    if spec is None:
+        raise ImportError("BERTScore needs the `bert-score` package: `pip install rrg[bertscore]`.")
+    path = os.path.join(os.path.dirname(spec.origin), "rescale_baseline", lang, f"{model_type}.tsv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"The installed bert-score has no rescaling baseline {path}.")
+    return path
+
+
+def _baseline_row(path: str, layer: int):
+    import csv
+
+    import torch
+
+    with open(path, encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    # bert-score reads it with pandas: row `layer` after the header, the LAYER column dropped
+    return torch.tensor([float(v) for v in rows[1 + layer][1:]])
 
 
 def _package_version(name: str) -> str:
@@ -24,6 +52,7 @@ def compute_bertscore(
     num_layers: int | None = None,
     batch_size: int = 16,
     device: str = "cpu",
+    baseline_path: str | None = None,
 ) -> dict:
     """BERTScore (Zhang et al., 2020) computed by the `bert-score` package with a local checkpoint.
 
@@ -41,6 +70,9 @@ def compute_bertscore(
         num_layers (`int`, *optional*): Layer whose output is used (0 = embeddings). Defaults to the last layer.
         batch_size (`int`, *optional*, defaults to 16): Sentences per forward pass.
         device (`str`, *optional*, defaults to `"cpu"`): Torch device.
+        baseline_path (`str`, *optional*): A bert-score baseline file: rescale P/R/F1 with its row of the layer,
+            `(score - baseline) / (1 - baseline)`, as `bert_score.score(..., rescale_with_baseline=True,
+            baseline_path=...)` does.
 
     Returns:
         `dict`: `BERTScore-P`, `BERTScore-R`, `BERTScore-F1` (corpus means), the per-report lists under
@@ -76,6 +108,9 @@ def compute_bertscore(
     idf[tokenizer.cls_token_id] = 0
     scores = bert_cos_score_idf(model, references, predictions, tokenizer, idf, verbose=False, device=device,
                                 batch_size=batch_size).cpu()
+    if baseline_path is not None:
+        baseline = _baseline_row(baseline_path, layer)
+        scores = (scores - baseline) / (1 - baseline)
     precisions, recalls, f1s = (scores[:, k].tolist() for k in range(3))
     n = len(f1s)
     return {
@@ -88,8 +123,9 @@ def compute_bertscore(
         "bertscore_model": str(model_path),
         "bertscore_layer": layer,
         "bertscore_settings": (
-            f"bert-score {_package_version('bert-score')}: greedy cosine matching, no idf weighting, no baseline "
-            "rescaling"
+            f"bert-score {_package_version('bert-score')}: greedy cosine matching, no idf weighting, "
+            + (f"rescaled with the baseline {os.path.basename(baseline_path)} (layer {layer} row)" if baseline_path
+               else "no baseline rescaling")
         ),
     }
 
@@ -106,3 +142,26 @@ register(Metric("bertscore", "bertscore", _bertscore, BERTSCORE_METRIC_NAMES, ne
                 model=("bertscore_model",), level="mean",
                 implementation="bert-score package (greedy matching, no idf, no rescaling), local checkpoint",
                 description="BERTScore P/R/F1 with the encoder folder given by --bertscore-model"))
+
+
+def _rexrank_bertscore(inputs: Inputs) -> list[MetricStats]:
+    from transformers import AutoConfig
+
+    settings = inputs.settings
+    folder = settings["bertscore_model"]
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True) if os.path.isdir(folder) else None
+    if config is not None and (config.model_type != "roberta" or config.num_hidden_layers != 6):
+        inputs.warn(f"rexrank/BERTScore-F1: {folder} is a {config.model_type} with {config.num_hidden_layers} layers, "
+                    "not distilroberta-base (roberta, 6 layers): the number is not comparable with ReXrank's.")
+    # ReXrank collapses runs of spaces before scoring (re.sub(r' +', ' ', ...)); bert-score's tokenizers split on
+    # whitespace anyway
+    result = compute_bertscore(*inputs.raw, folder, num_layers=5, baseline_path=baseline_file(REXRANK_BERTSCORE_MODEL))
+    inputs.record["rexrank_bertscore_settings"] = (
+        f"{folder}, layer 5 (bert-score's layer for distilroberta-base), idf off, {result['bertscore_settings']}")
+    return [mean_stats(REXRANK_BERTSCORE_NAME, result["BERTScore-F1_per_report"])]
+
+
+register(Metric("rexrank/BERTScore", "bertscore", _rexrank_bertscore, (REXRANK_BERTSCORE_NAME,), needs=("raw text",),
+                model=("bertscore_model",), level="mean",
+                implementation="bert-score package: layer 5, rescaled with its distilroberta-base baseline, no idf",
+                description="ReXrank's BERTScore: F1 of distilroberta-base (--bertscore-model), baseline-rescaled"))

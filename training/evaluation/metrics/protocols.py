@@ -3,7 +3,9 @@
 - `r2gen` (the default of `rrg evaluate`): BLEU-1..4, METEOR, ROUGE-L, CIDEr on R2Gen-cleaned text (pycocoevalcap's
   scorers), every named clinical-efficacy variant, and BERTScore / RadGraph-F1 when their model folders are given.
 - `rexrank`: the columns of the ReXrank leaderboard (CXR-Report-Metric's code), under names that state the protocol:
-  `rexrank/BLEU-2` (per-report BLEU-2 averaged over reports) and the model-based metrics when their folders are given.
+  `rexrank/BLEU-2` (per-report BLEU-2 averaged over reports) and, when their folders are given,
+  `rexrank/BERTScore-F1`, `rexrank/SembScore`, `RadGraph-F1-{entity,relation,combined}/radgraph`,
+  `rexrank/RadCliQ-v1` and `rexrank/1/RadCliQ-v1`.
 
 Adding a metric to a protocol is adding a [`ProtocolEntry`] to its list; `optional=True` entries are skipped when
 their model folder is not given, every other entry fails with an error naming the flag.
@@ -65,9 +67,17 @@ PROTOCOLS: dict[str, Protocol] = {
         "rexrank",
         (
             ProtocolEntry("rexrank/BLEU-2"),
+            ProtocolEntry("rexrank/BERTScore", optional=True),
+            ProtocolEntry("rexrank/SembScore", optional=True),
+            ProtocolEntry("rexrank/RadGraph", optional=True),
+            ProtocolEntry("rexrank/RadCliQ-v1", optional=True),
+            ProtocolEntry("rexrank/1/RadCliQ-v1", optional=True),
         ),
         "ReXrank leaderboard (CXR-Report-Metric): per-report BLEU-2 (fast-bleu, i.e. nltk's sentence_bleu with "
-        "weights (1/2, 1/2) and smoothing method 1) on lower-cased reports with '.' split off, averaged over reports",
+        "weights (1/2, 1/2) and smoothing method 1) on lower-cased reports with '.' split off, averaged over reports; "
+        "BERTScore-F1 (distilroberta-base layer 5, baseline-rescaled, no idf), SembScore (CheXbert embedding cosine), "
+        "RadGraph entity/relation/combined on the original model, RadCliQ-v1 and 1/RadCliQ-v1 when their folders "
+        "are given",
     ),
 }
 

@@ -61,6 +61,8 @@ FAMILY_MODULES = (
     "training.evaluation.metrics.clinical",
     "training.evaluation.metrics.bertscore",
     "training.evaluation.metrics.radgraph",
+    "training.evaluation.metrics.embedding",
+    "training.evaluation.metrics.radcliq",
 )
 
 
@@ -134,6 +136,8 @@ class Metric:
         level (`str`): `"corpus"` (aggregate of summed per-report statistics) or `"mean"` (mean of per-report scores).
         implementation (`str`): Whose code computes it.
         description (`str`): One line for listings.
+        parts (`tuple[str, ...]`): Registry entries a composite metric reads (through [`Inputs.stats`]); each one's
+            model folder is needed too.
     """
 
     name: str
@@ -145,6 +149,7 @@ class Metric:
     level: str = "corpus"
     implementation: str = ""
     description: str = ""
+    parts: tuple[str, ...] = ()
 
     def output_names(self, labeler_key: str = "rule") -> tuple[str, ...]:
         return tuple(o.replace("{labeler}", labeler_key) for o in self.outputs)
@@ -153,6 +158,10 @@ class Metric:
         """The flag to pass when none of the model settings is given, else `None`."""
         if self.model and not any(settings.get(s) is not None for s in self.model):
             return " or ".join("--" + s.replace("_", "-") for s in self.model)
+        for part in self.parts:
+            flag = get_metric(part).missing_model(settings)
+            if flag:
+                return flag
         return None
 
 
