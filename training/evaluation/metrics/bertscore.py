@@ -21,7 +21,7 @@ def baseline_file(model_type: str = REXRANK_BERTSCORE_MODEL, lang: str = "en") -
 
     spec = find_spec("bert_score")
     if spec is None:
-        raise ImportError("BERTScore needs the `bert-score` package: `pip install rrg[bertscore]`.")
+        raise ImportError("BERTScore needs the `bert-score` package: `pip install bert-score` (or the `bertscore` extra of rrg-cxr).")
     path = os.path.join(os.path.dirname(spec.origin), "rescale_baseline", lang, f"{model_type}.tsv")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"The installed bert-score has no rescaling baseline {path}.")

@@ -100,8 +100,8 @@ def vendored_radgraph(module: str = "core") -> types.ModuleType:
         if spec is None or not spec.submodule_search_locations:
             raise ImportError(
                 f"RadGraph annotation needs RadEval's vendored radgraph: `pip install --no-deps radeval=={RADEVAL_VERSION}` "
-                "(its own dependencies pull a CUDA torch; the vendored radgraph needs only what `pip install "
-                "rrg[radgraph]` installs)."
+                "(its own dependencies pull a CUDA torch; the vendored radgraph needs only what the `radgraph` extra "
+                "of rrg-cxr installs)."
             )
         alias = types.ModuleType("RadEval")
         alias.__path__ = list(spec.submodule_search_locations)
