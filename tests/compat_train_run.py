@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from helpers import build_training_workspace  # tests/ is on sys.path: this script runs from there
-from training.sft.loading import load_trained
+from training.model_io import load_trained
 from training.sft.train import parse_args, train
 
 

@@ -117,8 +117,7 @@ def train_run(path, *extra):
     """Run `rrg train --config path [extra ...]` in process; returns the final model folder."""
     from training.sft.train import parse_args, train
 
-    args, training_args, model_args = parse_args(["--config", str(path), *extra])
-    return train(args, training_args, model_args)
+    return train(*parse_args(["--config", str(path), *extra]))
 
 
 def weights(folder):

@@ -37,7 +37,7 @@ def test_demo_writes_the_documented_layout(demo):
 
 def test_model_reads_the_images(demo):
     from training.data.loaders import load_synthetic
-    from training.sft.loading import load_trained
+    from training.model_io import load_trained
     from training.sft.train import RRGDataCollator
 
     out, summary = demo

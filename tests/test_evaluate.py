@@ -4,7 +4,10 @@ import json
 
 import pytest
 
+from training.arguments import GenerationArguments, ScoringArguments
 from training.evaluation.evaluator import evaluate, generate_reports, read_predictions
+
+NO_METEOR = ScoringArguments(meteor=False)
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +30,8 @@ def _rows(data):
 
 def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path, monkeypatch):
     root, data, model, processor = setup
-    gen = {"max_new_tokens": 8, "min_new_tokens": 8}
-    full = evaluate(None, data, output_dir=tmp_path / "full", batch_size=3, generation_kwargs=gen, model=model,
-                    processor=processor, meteor=False)
+    gen = GenerationArguments(max_new_tokens=8, min_new_tokens=8, batch_size=3)
+    full = evaluate(None, data, gen, NO_METEOR, output_dir=tmp_path / "full", model=model, processor=processor)
 
     calls = {"n": 0}
     generate = model.generate
@@ -43,15 +45,13 @@ def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path, monkeypatch):
     part = tmp_path / "part"
     monkeypatch.setattr(model, "generate", dies_on_third_call)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(None, data, output_dir=part, batch_size=3, generation_kwargs=gen, model=model, processor=processor,
-                 meteor=False)
+        evaluate(None, data, gen, NO_METEOR, output_dir=part, model=model, processor=processor)
     monkeypatch.undo()
     written = read_predictions(part / "predictions.jsonl")
     assert len(written) == 6
     with open(part / "predictions.jsonl", "a") as handle:  # a write cut in the middle of a line
         handle.write('{"id": "test_0000')
-    resumed = evaluate(None, data, output_dir=part, batch_size=3, generation_kwargs=gen, model=model,
-                       processor=processor, meteor=False)
+    resumed = evaluate(None, data, gen, NO_METEOR, output_dir=part, model=model, processor=processor)
     a = [json.loads(x) for x in (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (part / "predictions.jsonl").read_text().splitlines()]
     assert a == b
@@ -62,8 +62,8 @@ def test_resumed_evaluation_equals_uninterrupted(setup, tmp_path, monkeypatch):
 
 def test_metrics_files_say_what_was_computed(setup, tmp_path):
     root, data, model, processor = setup
-    evaluate(None, data, output_dir=tmp_path, batch_size=5, generation_kwargs={"max_new_tokens": 6}, model=model,
-             processor=processor, meteor=False)
+    evaluate(None, data, GenerationArguments(max_new_tokens=6, batch_size=5), NO_METEOR, output_dir=tmp_path,
+             model=model, processor=processor)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["clinical_efficacy"]["labeler"] == "rrg-rule-based-v1"
     assert metrics["num_samples"] == 10 and metrics["split"] == "test"
@@ -100,7 +100,7 @@ def test_shipped_recipes_parse(name):
 
     # GPU recipes are validated on CPU with bf16 switched off (TrainingArguments refuses bf16 without a GPU).
     cpu = ["--bf16", "false", "--use_cpu", "true"] if name.startswith("paper") else []
-    args, training_args, model_args = parse_args(["--config", str(RECIPES / f"{name}.yaml"),
+    args, data_args, training_args, model_args = parse_args(["--config", str(RECIPES / f"{name}.yaml"),
                                                   "--output_dir", "/tmp/unused", *cpu])
     assert args.stage == (1 if "stage1" in name else 2)
     if args.stage == 2:
@@ -118,7 +118,7 @@ def test_evaluate_cli_on_a_saved_adapter_folder_with_beam_search_and_bertscore(s
     from peft import LoraConfig, get_peft_model
     from transformers import BertConfig, BertModel
 
-    from training.sft.loading import COMPLETE_MARKER
+    from training.model_io import COMPLETE_MARKER
     from training.sft.model_setup import lora_target_regex
 
     root, data, model, processor = setup

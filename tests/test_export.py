@@ -25,9 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def adapter_export(tmp_path_factory):
     """Stage 1 + stage 2 adapter, exported merged with metrics; plus reference logits of the PeftModel."""
+    from training.model_io import load_trained
     from training.release.export import export_model
     from training.sandbox.tiny import train_bpe_tokenizer
-    from training.sft.loading import load_trained
 
     root = tmp_path_factory.mktemp("run")
     stage1, stage2 = make_adapter_run(root, train_bpe_tokenizer())

@@ -142,21 +142,21 @@ def test_packed_rows_refuse_an_attention_that_would_mix_studies(tiny, tmp_path, 
     with pytest.raises(ValueError, match="only in a single row; got 2"):
         check_packed_attention(model.config, rows=2)
     # The recipe field is refused before any training step.
-    args, training_args, model_args = parse_args(["--config", str(train_recipe(
+    args, data_args, training_args, model_args = parse_args(["--config", str(train_recipe(
         workspace, tmp_path / "run", padding_free=True, attn_implementation="paged|eager"))])
     from training.sft.train import train
 
     with pytest.raises(ValueError, match="uses 'paged\\|eager'"):
-        train(args, training_args, model_args)
+        train(args, data_args, training_args, model_args)
 
 
 def test_trl_packing_is_a_clear_error(workspace, tmp_path):
     from training.sft.train import train
 
-    args, training_args, model_args = parse_args(["--config", str(train_recipe(workspace, tmp_path / "run",
+    args, data_args, training_args, model_args = parse_args(["--config", str(train_recipe(workspace, tmp_path / "run",
                                                                                 packing=True))])
     with pytest.raises(ValueError, match="use padding_free: true"):
-        train(args, training_args, model_args)
+        train(args, data_args, training_args, model_args)
 
 
 @pytest.mark.slow  # three short training runs (the stage1 fixture is the fourth)

@@ -23,7 +23,7 @@ def test_recipe_instruction_is_saved_and_used_by_evaluate_and_the_pipeline(works
     from modeling_rrg import RRGProcessor
     from training.data.loaders import load_synthetic
     from training.evaluation.evaluator import generate_reports
-    from training.sft.loading import load_trained
+    from training.model_io import load_trained
 
     final = train_run(train_recipe(workspace, tmp_path / "s1", max_steps=1, instruction=INSTRUCTION))
     assert RRGProcessor.from_pretrained(final).instruction == INSTRUCTION
@@ -43,11 +43,11 @@ def test_recipe_instruction_is_saved_and_used_by_evaluate_and_the_pipeline(works
 
 @pytest.mark.slow  # needs the stage1 training run
 def test_stage2_instruction_overrides_the_folder_and_unset_keeps_it(workspace, stage1, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
                                 instruction=INSTRUCTION)
     _, processor, _ = build_model_and_processor(args, model_args)
     assert processor.instruction == INSTRUCTION
-    args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True)
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True)
     _, processor, _ = build_model_and_processor(args, model_args)
     from modeling_rrg.processing_rrg import DEFAULT_INSTRUCTION
 
@@ -55,21 +55,21 @@ def test_stage2_instruction_overrides_the_folder_and_unset_keeps_it(workspace, s
 
 
 def test_attn_implementation_takes_effect(workspace, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, attn_implementation="eager")
+    args, _, _, model_args = _args(workspace, tmp_path, attn_implementation="eager")
     model, _, _ = build_model_and_processor(args, model_args)
     assert model.config.text_config._attn_implementation == "eager"
     assert model.config.vision_config._attn_implementation == "eager"
-    args, _, model_args = _args(workspace, tmp_path, attn_implementation="not_an_attention")
+    args, _, _, model_args = _args(workspace, tmp_path, attn_implementation="not_an_attention")
     with pytest.raises((ValueError, ImportError), match="not_an_attention"):
         build_model_and_processor(args, model_args)
 
 
 @pytest.mark.slow  # needs the stage1 training run
 def test_model_revision_on_local_folders_is_an_error(workspace, stage1, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, model_revision="v2")
+    args, _, _, model_args = _args(workspace, tmp_path, model_revision="v2")
     with pytest.raises(ValueError, match="model_revision='v2'.*local folder"):
         build_model_and_processor(args, model_args)
-    args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), model_revision="v2")
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), model_revision="v2")
     with pytest.raises(ValueError, match="model_revision='v2'.*local folder"):
         build_model_and_processor(args, model_args)
 
@@ -84,7 +84,7 @@ def test_model_revision_of_a_hub_backbone_is_downloaded_at_that_revision(workspa
         return str(workspace / ("vision" if "vision" in repo_id else "text"))
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    args, _, model_args = _args(workspace, tmp_path, vision_model="org/vision", text_model="org/text",
+    args, _, _, model_args = _args(workspace, tmp_path, vision_model="org/vision", text_model="org/text",
                                 model_revision="v2")
     _, _, base_models = build_model_and_processor(args, model_args)
     assert sorted(asked) == [("org/text", "v2"), ("org/vision", "v2")]
@@ -97,7 +97,7 @@ def test_model_revision_of_a_hub_backbone_is_downloaded_at_that_revision(workspa
     [("projector_type", "mlp2x_gelu"), ("num_visual_tokens", 2), ("vision_feature_layer", -2), ("max_views", 3)],
 )
 def test_projector_fields_that_differ_from_the_stage1_folder_are_errors(workspace, stage1, tmp_path, field, value):
-    args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
                                 **{field: value})
     with pytest.raises(ValueError, match=f"{field}=.*cannot change shape"):
         build_model_and_processor(args, model_args)
@@ -105,14 +105,14 @@ def test_projector_fields_that_differ_from_the_stage1_folder_are_errors(workspac
 
 @pytest.mark.slow  # needs the stage1 training run
 def test_projector_fields_equal_to_the_folder_are_accepted(workspace, stage1, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, model_name_or_path=str(stage1), use_peft=True,
                                 projector_type="linear", num_visual_tokens=4, vision_feature_layer=-1, max_views=2)
     model, _, _ = build_model_and_processor(args, model_args)
     assert model.config.num_visual_tokens == 4
 
 
 def test_projector_fields_build_the_projector_from_backbones(workspace, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, projector_type="mlp2x_gelu", vision_feature_layer=-2,
+    args, _, _, model_args = _args(workspace, tmp_path, projector_type="mlp2x_gelu", vision_feature_layer=-2,
                                 max_views=3)
     model, processor, _ = build_model_and_processor(args, model_args)
     assert (model.config.projector_type, model.config.vision_feature_layer) == ("mlp2x_gelu", -2)
@@ -120,7 +120,7 @@ def test_projector_fields_build_the_projector_from_backbones(workspace, tmp_path
 
 
 def test_lora_fields_reach_the_peft_config(workspace, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, stage=2, use_peft=True, lora_modules_to_save=["lm_head"],
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, use_peft=True, lora_modules_to_save=["lm_head"],
                                 lora_target_modules=["q_proj"], lora_r=4, use_rslora=True)
     model, _, _ = build_model_and_processor(args, model_args)
     config = lora_config(model, args, model_args)
@@ -132,7 +132,7 @@ def test_lora_fields_reach_the_peft_config(workspace, tmp_path):
 
 
 def test_unsupported_lora_fields_are_clear_errors(workspace, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, stage=2, use_peft=True, lora_task_type="SEQ_CLS")
+    args, _, _, model_args = _args(workspace, tmp_path, stage=2, use_peft=True, lora_task_type="SEQ_CLS")
     model, _, _ = build_model_and_processor(args, model_args)
     with pytest.raises(ValueError, match="lora_task_type='SEQ_CLS'"):
         lora_config(model, args, model_args)
@@ -146,7 +146,7 @@ def test_unsupported_lora_fields_are_clear_errors(workspace, tmp_path):
 
 
 def test_quantization_config_comes_from_trl_with_rrg_modules_unquantized(workspace, tmp_path):
-    args, _, model_args = _args(workspace, tmp_path, load_in_4bit=True, bnb_4bit_quant_storage="uint8",
+    args, _, _, model_args = _args(workspace, tmp_path, load_in_4bit=True, bnb_4bit_quant_storage="uint8",
                                 use_bnb_nested_quant=True)
     config = quantization_config(model_args)
     assert config.load_in_4bit and config.bnb_4bit_use_double_quant
@@ -157,6 +157,6 @@ def test_quantization_config_comes_from_trl_with_rrg_modules_unquantized(workspa
 def test_quantization_needs_a_gpu(workspace, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    args, _, model_args = _args(workspace, tmp_path, load_in_4bit=True)
+    args, _, _, model_args = _args(workspace, tmp_path, load_in_4bit=True)
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         build_model_and_processor(args, model_args)

@@ -156,9 +156,9 @@ def record_tested(key: str, value) -> None:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """A stage-2 LoRA run exported merged, the reference batch and logits, images for the card, a Hub cache copy."""
+    from training.model_io import load_trained
     from training.release.export import export_model
     from training.sandbox.tiny import train_bpe_tokenizer
-    from training.sft.loading import load_trained
 
     root = tmp_path_factory.mktemp("compat")
     _, stage2 = make_adapter_run(root, train_bpe_tokenizer())

@@ -181,8 +181,8 @@ def test_image_checks_are_cached_by_size_and_mtime(source, tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny models saved as trained folders (same architecture, different weights)."""
+    from training.model_io import COMPLETE_MARKER
     from training.sandbox.tiny import build_tiny_model
-    from training.sft.loading import COMPLETE_MARKER
 
     root = tmp_path_factory.mktemp("models")
     folders = []
@@ -262,7 +262,7 @@ def test_evaluate_checks_images_first_and_skips_bad_rows(source, models, tmp_pat
     assert _evaluate(models[0], data, tmp_path / "e1") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"split 'test' row 2 (id '{test_id}'): corrupt image" in err and bad.name in err
-    assert "--on-bad-rows skip" in err
+    assert "--on_bad_rows skip" in err
     assert not (tmp_path / "e1" / "predictions.jsonl").exists()  # refused before the first batch
 
     assert _evaluate(models[0], data, tmp_path / "e2", "--on-bad-rows", "skip") == 0
@@ -364,7 +364,7 @@ def test_training_output_dir_is_guarded(workspace, tmp_path, monkeypatch):  # no
     with pytest.raises(KeyboardInterrupt):
         run(first, *changed, "--overwrite")
     assert not (out / "model").exists() and [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
-    from training.sft.loading import resolve_model_dir
+    from training.model_io import resolve_model_dir
 
     with pytest.raises(ValueError, match="did not finish"):
         resolve_model_dir(out)

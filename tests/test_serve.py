@@ -300,10 +300,11 @@ def test_example_study_is_one_click_away(open_page, reporter, tmp_path):
     page.generate()
     assert page.wait_done() == "Done.", page.status()
     page.screenshot("example")
-    # The same synthetic study, rendered again here (same seed), gets the same report from pipeline().
+    # The same shipped study, written again here, with its indication, gets the same report from pipeline().
     study = write_examples(tmp_path / "examples", count=2)[1]
-    assert study["id"] == "test_000001" and len(study["images"]) == 2
-    assert page.report() == _expected(reporter, study["images"], max_new_tokens=MAX_NEW_TOKENS)
+    assert study["id"] == "test_000001" and len(study["images"]) == 2 and study["indication"]
+    assert page.report() == _expected(reporter, study["images"], indication=study["indication"],
+                                      max_new_tokens=MAX_NEW_TOKENS)
 
 
 def test_two_views_16bit_png_and_dicom(open_page, reporter, tmp_path):
@@ -404,7 +405,14 @@ def test_space_folder_runs_without_the_installed_project(exported, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RRG_MODEL": str(exported), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("PYTHONPATH", None)
-    check = ("import runpy, sys, training; assert training.__file__.startswith(sys.argv[1]), training.__file__; "
+    # Only what the page needs is copied, and it runs without the packages the Space does not install.
+    assert not (space / "training" / "sandbox").exists() and not (space / "training" / "sft").exists()
+    assert (space / "training" / "serve" / "examples.json").is_file()
+    # Every copied module imports (the page imports some only when a heat map is drawn).
+    check = ("import importlib, pathlib, runpy, sys; sys.modules.update(datasets=None, trl=None, peft=None); "
+             "import training; assert training.__file__.startswith(sys.argv[1]), training.__file__; "
+             "[importlib.import_module('.'.join(p.with_suffix('').parts).removesuffix('.__init__')) "
+             "for p in sorted(pathlib.Path('training').rglob('*.py'))]; "
              "sys.argv = ['app.py']; runpy.run_path('app.py', run_name='__main__')")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", check, str(space)], cwd=space, env=env, stdout=out,
@@ -463,6 +471,26 @@ def test_serves_a_hub_id_from_the_offline_cache(exported, reporter, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == _expected(reporter, str(image),
                                                                          max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_shipped_examples_are_the_synthetic_test_studies(tmp_path):
+    """examples.json equals a fresh rendering of the synthetic benchmark's first test studies (same seed), and the
+    page's PNGs decode to those pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from training.sandbox.serve_examples import render_serve_examples
+    from training.sandbox.synthetic import generate_study
+    from training.serve import write_examples
+    from training.serve.examples import EXAMPLES_FILE
+
+    assert json.loads(EXAMPLES_FILE.read_text()) == render_serve_examples()
+    studies = write_examples(tmp_path, count=3)
+    entry, images = generate_study(0, "test", 2, image_size=256, lateral=True)
+    assert studies[2]["id"] == entry["id"] and studies[2]["report"] == entry["report"]
+    for path, array in zip(studies[2]["images"], images):
+        assert np.array_equal(np.asarray(Image.open(path)), array)
+    assert [len(s["images"]) for s in write_examples(tmp_path / "one", count=3, lateral=False)] == [1, 1, 1]
 
 
 def test_settings_and_messages_without_a_model():

@@ -42,7 +42,7 @@ def test_stage1_trains_only_the_projector(workspace, tmp_path):
 
     from training.sft.model_setup import build_model_and_processor
 
-    args, training_args, model_args = parse_args(["--config", str(tmp_path / "stage1.yaml")])
+    args, data_args, training_args, model_args = parse_args(["--config", str(tmp_path / "stage1.yaml")])
     set_seed(training_args.seed)
     initial, _, _ = build_model_and_processor(args, model_args)
     for name, value in initial.model.multi_modal_projector.state_dict().items():
@@ -52,7 +52,7 @@ def test_stage1_trains_only_the_projector(workspace, tmp_path):
 def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, stage1, tmp_path):
     from peft import PeftModel
 
-    from training.sft.loading import load_trained
+    from training.model_io import load_trained
 
     final = run(recipe(workspace, tmp_path / "stage2", stage=2, model_name_or_path=str(stage1), use_peft=True,
                        lora_r=4, lora_alpha=8, merge_adapter=True))
@@ -101,7 +101,7 @@ def test_stage2_full_finetune_trains_llm_not_encoder(workspace, stage1, tmp_path
 
 
 def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
-    from training.sft.loading import load_trained
+    from training.model_io import load_trained
 
     final = run(recipe(workspace, tmp_path / "ablation", stage=2, use_peft=True, lora_r=2, max_steps=2))
     base = tmp_path / "ablation" / "base"
@@ -117,8 +117,8 @@ def test_stage2_without_stage1_ablation_saves_its_base(workspace, tmp_path):
 
 def test_feature_cache_gives_the_same_loss_as_the_encoder(workspace, stage1, tmp_path):
     from training.data.loaders import load_synthetic
+    from training.model_io import load_trained
     from training.sft.feature_cache import FeatureCache
-    from training.sft.loading import load_trained
 
     model, processor = load_trained(stage1)
     rows = list(load_synthetic(workspace / "data")["train"].select(range(6)))
@@ -237,11 +237,11 @@ def test_checkpointing_field_is_read_under_the_installed_name(workspace, tmp_pat
         path.write_text(yaml.safe_dump(text))
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
-            _, training_args, _ = parse_args(["--config", str(path)])
+            _, _, training_args, _ = parse_args(["--config", str(path)])
         assert training_args.activation_checkpointing is True
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        _, training_args, _ = parse_args(["--config", str(new), "--gradient_checkpointing", "false"])
+        _, _, training_args, _ = parse_args(["--config", str(new), "--gradient_checkpointing", "false"])
     assert training_args.activation_checkpointing is False
 
     @dataclasses.dataclass

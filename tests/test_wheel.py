@@ -90,3 +90,10 @@ def test_analyze_on_a_hugging_face_dataset(installed, tokenizer, tmp_path):
           "--allow-outside-image-root",  # the table holds absolute paths to images outside the dataset folder
           "--output-dir", str(out)], cwd=tmp_path)
     assert (out / "analysis.json").is_file() and (out / "summary.md").is_file()
+
+
+def test_serve_examples_ship_in_the_wheel(installed, tmp_path):
+    # package data of training.serve: the page's example studies, without the sandbox's renderer
+    code = ("import sys; sys.modules['training.sandbox'] = None; from training.serve import write_examples; "
+            "print(len(write_examples(sys.argv[1])))")
+    assert _run([str(installed["bin"] / "python"), "-c", code, str(tmp_path)], cwd=tmp_path).strip() == "3"

@@ -106,7 +106,7 @@ def model_fingerprint(model_path: str | os.PathLike | None = None, model=None) -
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
         return {"folder": None, "weights_sha256": digest.hexdigest()}
-    from .sft.loading import is_adapter_dir, resolve_model_dir
+    from .model_io import is_adapter_dir, resolve_model_dir
 
     folder = resolve_model_dir(model_path).resolve()
     files = [f for f in folder.iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES]

@@ -35,7 +35,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -44,14 +43,16 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..arguments import DataArguments, parse_command
 from ..fileio import write_text_atomic
-from ..sft.loading import DTYPES, load_trained, parse_dtype
+from ..model_io import DTYPES, load_trained, parse_dtype
 from .attention import ATTENTION_CATEGORIES, attention_share_analysis
 from .attribution import token_attribution
 from .embeddings import embedding_analysis
@@ -60,7 +61,7 @@ from .studies import load_split_studies, normalise_studies
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["analyze_model", "run_analysis", "build_parser", "main"]
+__all__ = ["AnalyzeArguments", "analyze_model", "run_analysis", "parse_args", "main"]
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -370,38 +371,46 @@ def _parse_layers(text: str | None) -> list[int] | None:
         raise ValueError(f"--attribution-layers must be 'all' or comma-separated ints like '-4,-3,-2,-1', got {text!r}.") from err
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rrg analyze",
-        description="Analyse a trained rrg model's soft visual prompts and the LLM's attention to them.",
+@dataclass
+class AnalyzeArguments:
+    """The fields of `rrg analyze` that belong to this command alone (the data comes from [`DataArguments`], the group
+    `rrg train` and `rrg evaluate` read too)."""
+
+    model_name_or_path: str = field(
+        metadata={"aliases": ["--model"], "help": "Trained folder (stage output or its model/ folder)."}
     )
-    parser.add_argument("--model", required=True, help="Trained folder (stage output or its model/ folder).")
-    parser.add_argument("--compare-model", help="A second trained folder (e.g. stage 1) analysed the same way.")
-    parser.add_argument("--data", required=True, help="annotation.json, a folder holding one, or a HF dataset.")
-    parser.add_argument("--image-root", help="Folder the image paths are relative to (default: next to --data).")
-    parser.add_argument("--allow-outside-image-root", action="store_true",
-                        help="Accept image paths outside the image root (absolute paths, '..'), as rrg evaluate does.")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max-studies", type=int, default=32, help="Random subset of the split (0: all).")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--top-k", type=int, default=5, help="Nearest words kept per visual token.")
-    parser.add_argument("--study-id", help="Study for the attribution heat maps (default: first sampled).")
-    parser.add_argument("--attribution-layers", default="all", help="'all' or comma-separated layer indices.")
-    parser.add_argument("--labels", default="model,compare", help="Names of --model and --compare-model in outputs.")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
-    parser.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="Default: bfloat16 on GPU, float32 on CPU.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-threads", type=int, default=None,
-                        help="CPU threads for torch (1 is fastest for the tiny demo model on a busy machine).")
-    return parser
+    output_dir: str = field(metadata={"help": "Where plots, CSVs, analysis.json and summary.md are written."})
+    compare_model: str | None = field(
+        default=None, metadata={"help": "A second trained folder (e.g. stage 1) analysed the same way."}
+    )
+    split: str = field(default="test")
+    max_studies: int = field(default=32, metadata={"help": "Random subset of the split (0: all)."})
+    batch_size: int = field(default=4)
+    max_new_tokens: int = field(default=64)
+    top_k: int = field(default=5, metadata={"help": "Nearest words kept per visual token."})
+    study_id: str | None = field(default=None, metadata={"help": "Study for the attribution heat maps (default: first sampled)."})
+    attribution_layers: str = field(default="all", metadata={"help": "'all' or comma-separated layer indices."})
+    labels: str = field(default="model,compare", metadata={"help": "Names of --model and --compare-model in outputs."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    dtype: str | None = field(default=None, metadata={"help": f"{' | '.join(DTYPES)}; default: bfloat16 on GPU, float32 on CPU."})
+    seed: int = field(default=0)
+    num_threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for torch (1 is fastest for the tiny demo model on a busy machine)."}
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple:
+    """`rrg analyze`'s flags (and `--config FILE.yaml`) as `(AnalyzeArguments, DataArguments)`."""
+    return parse_command("analyze", (AnalyzeArguments, DataArguments), argv,
+                         description="Analyse a trained rrg model's soft visual prompts and the LLM's attention to them.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `rrg analyze`; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    args, data_args = parse_args(argv)
+    if data_args.dataset_path is None:
+        raise ValueError("rrg analyze needs --data (or --dataset_path): an annotation.json, a folder holding one, or a "
+                         "HF dataset.")
     labels = tuple(part.strip() for part in args.labels.split(","))
     if len(labels) != 2:
         raise ValueError(f"--labels takes two comma-separated names, got {args.labels!r}.")
@@ -414,12 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     studies = load_split_studies(
-        args.data, split=args.split, image_root=args.image_root, max_studies=args.max_studies or None,
-        seed=args.seed, include_ids=[args.study_id] if args.study_id else (),
-        allow_outside_image_root=args.allow_outside_image_root,
+        data_args, split=args.split, max_studies=args.max_studies or None, seed=args.seed,
+        include_ids=[args.study_id] if args.study_id else (),
     )
     attribution_study = next((s for s in studies if s["id"] == args.study_id), None) if args.study_id else None
-    model, processor = load_trained(args.model, dtype=dtype, device=device)
+    model, processor = load_trained(args.model_name_or_path, dtype=dtype, device=device)
     compare = None
     if args.compare_model:
 
@@ -435,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, processor, studies, args.output_dir, compare=compare, labels=labels,
         attribution_study=attribution_study, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_k=args.top_k, attribution_layers=_parse_layers(args.attribution_layers),
-        meta={"model": args.model, "compare_model": args.compare_model, "data": args.data, "split": args.split,
+        meta={"model": args.model_name_or_path, "compare_model": args.compare_model, "data": data_args.dataset_path,
+              "data_arguments": asdict(data_args), "split": args.split,
               "seed": args.seed, "device": device, "dtype": dtype_name},
     )
     return 0

@@ -5,43 +5,48 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..data.images import load_image
-from ..data.loaders import load_splits, split_key
+
+if TYPE_CHECKING:
+    from ..arguments import DataArguments
 
 __all__ = ['load_split_studies', 'as_views', 'normalise_studies', 'unwrap_model', 'check_model', 'model_device', 'decode_token', 'batches']
 
 
 def load_split_studies(
-    data_path: str | os.PathLike,
+    data_args: DataArguments | str | os.PathLike,
     split: str = "test",
-    image_root: str | os.PathLike | None = None,
     max_studies: int | None = None,
     seed: int = 0,
     include_ids: Sequence[str] = (),
-    allow_outside_image_root: bool = False,
 ) -> list[dict]:
     """
     Studies of one split of a dataset, optionally a random subset.
 
     Args:
-        data_path (`str` or `os.PathLike`):
-            Anything `rrg train` and `rrg evaluate` read: an `annotation.json` (or a folder holding one) or a Hugging
-            Face dataset (see [`training.data.loaders.load_splits`]).
+        data_args ([`training.arguments.DataArguments`] or `str`):
+            The data, as `rrg train` and `rrg evaluate` read it (source, format, image root, columns, bad-row
+            policy; see [`training.data.loaders.load_splits`]); a path is `DataArguments(dataset_path=path)`.
         split (`str`, *optional*, defaults to `"test"`): `"train"`, `"val"`/`"validation"` or `"test"`.
-        image_root (`str` or `os.PathLike`, *optional*): Folder the image paths are relative to.
         max_studies (`int`, *optional*): Sample this many studies (seeded, kept in file order); `None` keeps all.
         seed (`int`, *optional*, defaults to 0): Seed of the subset.
         include_ids (`Sequence[str]`, *optional*): Study ids that must be in the subset (e.g. the attribution study).
-        allow_outside_image_root (`bool`, *optional*): Accept image paths outside the image root (absolute, `..`).
 
     Returns:
         `list[dict]` with `id`, `images` (list of absolute paths) and `report`.
     """
-    rows = load_splits(data_path, splits=[split], image_root=image_root,
-                       allow_outside_root=allow_outside_image_root)[split_key(split)]
+    # Imported here: the serve page imports this module for its model helpers and ships without the loaders.
+    from ..arguments import DataArguments
+    from ..data.loaders import load_splits, split_key
+
+    if not isinstance(data_args, DataArguments):
+        data_args = DataArguments(dataset_path=data_args)
+    data_path = data_args.dataset_path
+    rows = load_splits(data_args, splits=[split])[split_key(split)]
     ids = list(rows["id"])
     missing = [i for i in include_ids if i not in ids]
     if missing:
@@ -103,7 +108,7 @@ def check_model(model) -> None:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "image_token_id", None) is None or not hasattr(model, "get_image_features"):
         raise TypeError(
-            f"Expected an RRGForConditionalGeneration (e.g. from training.sft.loading.load_trained), got {type(model).__name__}."
+            f"Expected an RRGForConditionalGeneration (e.g. from training.model_io.load_trained), got {type(model).__name__}."
         )
 
 

@@ -103,7 +103,7 @@ def check_rows(rows, split: str, source: str, on_bad_rows: str = "raise", max_vi
             continue
         message = f"{source}, split {split!r} row {i} (id {ids[i]!r}): {problems[bad]}"
         if on_bad_rows == "raise":
-            raise ValueError(f"{message} (fix the row; or skip bad rows: {_SKIP_OPTIONS}).")
+            raise ValueError(f"{message}; fix the row, or skip bad rows: {_SKIP_OPTIONS}.")
         skipped.append(message)
     if skipped:
         logger.warning("Skipped %d row(s) of split %r with unusable images. First: %s", len(skipped), split,

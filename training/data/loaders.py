@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..arguments import DataArguments
 from ..fileio import write_bytes_atomic
 from .chexpert import CHEXPERT_OBSERVATIONS
 from .images import load_image
@@ -133,8 +134,11 @@ def _outside_root(value: str | os.PathLike, root: Path) -> bool:
     return os.path.commonpath([joined, root]) != root
 
 
-_OUTSIDE_FIX = "image paths must stay inside the image root; set allow_outside_image_root (recipe field, or " \
-               "--allow-outside-image-root for `rrg evaluate`) if the data really points elsewhere"
+# The settings a message tells the user to change, as every entry point spells them: the same flag for `rrg train`,
+# `rrg evaluate` and `rrg analyze` (`training.arguments.DataArguments`), the same key in a recipe or `--config` file.
+_OUTSIDE_FIX = ("image paths must stay inside the image root: point --image_root at the folder they are in, or pass "
+                "--allow_outside_image_root (`allow_outside_image_root: true` in a recipe or config) if the data "
+                "really points elsewhere")
 
 
 
@@ -142,8 +146,18 @@ _OUTSIDE_FIX = "image paths must stay inside the image root; set allow_outside_i
 # Row normalisation shared by the loaders
 # --------------------------------------------------------------------------------------------
 # How a user skips bad rows, in each entry point.
-_SKIP_OPTIONS = ("`on_bad_rows: skip` in a training recipe, `--on-bad-rows skip` for `rrg evaluate`, "
-                 "on_error='skip' in Python")
+_SKIP_OPTIONS = ("--on_bad_rows skip (rrg train, evaluate, analyze; `on_bad_rows: skip` in a recipe or config; "
+                 "on_error='skip' in Python)")
+# load_hf_dataset's column arguments that are also command-line flags (DataArguments fields of the same name).
+_COLUMN_FLAGS = ("image_column", "report_column", "split_column", "id_column")
+
+
+class _RowError(ValueError):
+    """A bad row found below the row loop: the loop reports it once, with the row's location and `fix`."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(problem)
+        self.fix = fix
 
 
 class _Problems:
@@ -159,8 +173,7 @@ class _Problems:
     def report(self, where: str, problem: str, fix: str = "", error: type[Exception] = ValueError) -> None:
         message = f"{self.source}, {where}: {problem}"
         if self.on_error == "raise":
-            hint = f"{fix or 'fix the row'}; or skip bad rows: {_SKIP_OPTIONS}"
-            raise error(f"{message} ({hint}).")
+            raise error(f"{message}; {fix or 'fix the row'}, or skip bad rows: {_SKIP_OPTIONS}.")
         self.skipped.append(message)
 
     def log(self) -> None:
@@ -214,19 +227,20 @@ def _process_report(raw: Any, section: str, clean: str | None, where: str, probl
     text = text.strip()
     if not text:
         what = "report is empty" if not raw.strip() else f"report has no {section!r} text"
-        problems.report(where, what, "fill in the report or choose another `section=`")
+        problems.report(where, what, "fill in the report or choose another --report_section")
         return None
     return text
 
 
-def _as_path_list(value: Any, where: str) -> list:
+def _as_path_list(value: Any) -> list:
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike, dict, Image.Image)):
         return [value]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise TypeError(f"{where}: image entry must be a path, a list of paths or an image, got {type(value).__name__}.")
+    raise _RowError(f"image entry must be a path, a list of paths or an image, got {type(value).__name__}",
+                    "point the image column at a column of paths (--image_column)")
 
 
 def _build(rows_by_split: dict[str, list[dict]], source: str) -> datasets.DatasetDict:
@@ -298,7 +312,7 @@ def load_annotation_json(
             image_root = annotation_path.parent
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
-        raise FileNotFoundError(f"Image root not found: {image_root} (pass image_root= the folder the image_path entries are relative to).")
+        raise FileNotFoundError(f"Image root not found: {image_root} (pass --image_root, the folder the image_path entries are relative to).")
     if section not in REPORT_SECTIONS:
         raise ValueError(f"section must be one of {REPORT_SECTIONS}, got {section!r}.")
     if clean not in (None, "mimic", "iu"):
@@ -334,7 +348,11 @@ def load_annotation_json(
                 problems.report(where, f"duplicate id {str(entry['id'])!r}: row {first_row[str(entry['id'])]} has it "
                                        "too", "give each study its own id")
                 continue
-            raw_paths = _as_path_list(entry["image_path"], where)
+            try:
+                raw_paths = _as_path_list(entry["image_path"])
+            except _RowError as err:
+                problems.report(where, str(err), err.fix)
+                continue
             escaping = [str(p) for p in raw_paths if not allow_outside_root and _outside_root(str(p), image_root)]
             if escaping:
                 problems.report(where, f"image path {escaping[0]!r} is outside the image root {image_root}",
@@ -433,13 +451,14 @@ def _read_metadata(meta: Path) -> datasets.Dataset:
     return datasets.Dataset.from_dict({c: [r.get(c) for r in rows] for c in columns})
 
 
-def _materialise_image(value: Any, base: Path | None, cache: Path, where: str, allow_outside_root: bool = True) -> Path:
-    """Turns one image entry (path, `{"path", "bytes"}` dict or PIL image) into a file path."""
+def _materialise_image(value: Any, base: Path | None, cache: Path, allow_outside_root: bool = True) -> Path:
+    """Turns one image entry (path, `{"path", "bytes"}` dict or PIL image) into a file path; a bad entry raises
+    [`_RowError`] (without the row's location, which the caller adds)."""
     if isinstance(value, dict):
         data, src = value.get("bytes"), value.get("path")
         if data is None:
             if not src:
-                raise ValueError(f"{where}: image entry has neither 'bytes' nor 'path'.")
+                raise _RowError("image entry has neither 'bytes' nor 'path'")
             value = src
         else:
             digest = hashlib.sha1(data).hexdigest()
@@ -459,15 +478,15 @@ def _materialise_image(value: Any, base: Path | None, cache: Path, where: str, a
     if isinstance(value, (str, os.PathLike)):
         p = Path(value)
         if base is not None and not allow_outside_root and _outside_root(p, base):
-            raise ValueError(f"{where}: image path {str(value)!r} is outside the image root {base} ({_OUTSIDE_FIX})")
+            raise _RowError(f"image path {str(value)!r} is outside the image root {base}", _OUTSIDE_FIX)
         if not p.is_absolute() and base is not None:
             p = base / p
         return p.resolve()
-    raise TypeError(f"{where}: unsupported image value of type {type(value).__name__}.")
+    raise _RowError(f"unsupported image value of type {type(value).__name__}")
 
 
 def load_hf_dataset(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | DataArguments,
     image_column: str = "image",
     report_column: str | None = "report",
     split_column: str | None = None,
@@ -504,7 +523,10 @@ def load_hf_dataset(
     PNG, named by content hash) and the rows point there, so every loader yields paths.
 
     Args:
-        name_or_path (`str` or `os.PathLike`): Hub id or local path, see above.
+        name_or_path (`str`, `os.PathLike` or [`training.arguments.DataArguments`]): Hub id or local path, see above;
+            or the data argument group of the `rrg` commands, whose fields then set the source, the image root, the
+            image / report / split / id columns, the section, the cleaning and the bad-row and outside-root policies
+            (the keywords below set only what the group does not hold).
         image_column (`str`, *optional*, defaults to `"image"`): Column with the image(s).
         report_column (`str`, *optional*, defaults to `"report"`):
             Column with the full report. Set to `None` and give `findings_column` and/or
@@ -536,6 +558,13 @@ def load_hf_dataset(
     Returns:
         `datasets.DatasetDict` with the columns listed in the module docstring.
     """
+    if isinstance(name_or_path, DataArguments):  # its fields, and the keywords it has no field for
+        return load_hf_dataset(
+            name_or_path.dataset_path, findings_column=findings_column, impression_column=impression_column,
+            study_id_column=study_id_column, subject_id_column=subject_id_column, chexpert_column=chexpert_column,
+            splits=splits, image_cache_dir=image_cache_dir, cache_dir=cache_dir, verify_images=verify_images,
+            **name_or_path.loader_kwargs(),
+        )
     if report_column is None and findings_column is None and impression_column is None:
         raise ValueError("Give report_column, or findings_column and/or impression_column, to say where the report text is.")
     if section not in REPORT_SECTIONS:
@@ -562,7 +591,10 @@ def load_hf_dataset(
     for split_name, ds in dsd.items():
         for arg, col in wanted_columns.items():
             if col is not None and col not in ds.column_names:
-                raise ValueError(f"{source} (split {split_name!r}): column {col!r} (from {arg}=) not found; available columns: {ds.column_names}.")
+                how = (f"name the right one with --{arg} (`{arg}:` in a recipe or config)" if arg in _COLUMN_FLAGS
+                       else f"check {arg}=")
+                raise ValueError(f"{source} (split {split_name!r}): column {col!r} not found; available columns: "
+                                 f"{ds.column_names}; {how}.")
     if image_column in (c for ds in dsd.values() for c in ds.column_names):
         dsd = datasets.DatasetDict(
             {k: (ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(ds.features[image_column], datasets.Image) else ds) for k, ds in dsd.items()}
@@ -597,10 +629,9 @@ def load_hf_dataset(
                                 "give each study its own id")
                 continue
             try:
-                paths = [_materialise_image(v, base, cache, where, allow_outside_root)
-                         for v in _as_path_list(row[image_column], where)]
-            except (TypeError, ValueError) as err:
-                problems.report(where, str(err))
+                paths = [_materialise_image(v, base, cache, allow_outside_root) for v in _as_path_list(row[image_column])]
+            except _RowError as err:
+                problems.report(where, str(err), err.fix)
                 continue
             if not paths:
                 problems.report(where, f"no image in column {image_column!r}")
@@ -679,41 +710,37 @@ def split_key(name: str) -> str:
     return SPLIT_ALIASES.get(name.strip().lower(), name)
 
 
-def load_splits(
-    path: str | os.PathLike,
-    splits: Sequence[str],
-    dataset_format: str = "auto",
-    image_root: str | os.PathLike | None = None,
-    clean: str | None = None,
-    on_error: str = "raise",
-    section: str = "both",
-    image_column: str = "image",
-    report_column: str | None = "report",
-    split_column: str | None = None,
-    allow_outside_root: bool = False,
-) -> datasets.DatasetDict:
+def load_splits(data_args: DataArguments, splits: Sequence[str]) -> datasets.DatasetDict:
     """
     Loads the named splits of any supported source: an `annotation.json` (or a folder holding one, like the synthetic
     benchmark) or anything [`load_hf_dataset`] reads (a `save_to_disk` folder, an image folder, a table, a Hub id).
 
-    `rrg train` (from the recipe), `rrg evaluate` and `rrg analyze` all load data through this function, so the three
-    accept the same sources.
+    `rrg train`, `rrg evaluate` and `rrg analyze` all load data through this function from the same argument group,
+    so the three accept the same sources, columns and flags.
 
     Args:
-        path (`str` or `os.PathLike`): The source, see above.
+        data_args ([`training.arguments.DataArguments`]): The source and how its rows are read (`dataset_path`,
+            `dataset_format`, `image_root`, the columns, `report_section`, `clean_reports`, `on_bad_rows`,
+            `allow_outside_image_root`); columns apply to Hugging Face datasets only.
         splits (`Sequence[str]`): Splits to load (`"train"`, `"val"`/`"validation"`, `"test"`); each must exist.
-        dataset_format (`str`, *optional*, defaults to `"auto"`):
-            `"annotation"`, `"hf"`, or `"auto"` (an `annotation.json` when there is one, else `"hf"`).
-        image_root, clean, on_error, section, allow_outside_root: See [`load_annotation_json`].
-        image_column, report_column, split_column: See [`load_hf_dataset`] (ignored for `annotation.json`).
 
     Returns:
         `datasets.DatasetDict` keyed by normalised split names (see [`split_key`]).
+
+    Example:
+
+    ```python
+    >>> from training.arguments import DataArguments
+    >>> from training.data.loaders import load_splits
+    >>> test = load_splits(DataArguments(dataset_path="outputs/demo/data"), splits=["test"])["test"]  # doctest: +SKIP
+    ```
     """
-    if path is None:
-        raise ValueError("No dataset path given; pass an annotation.json, a dataset folder or a HF dataset.")
-    source = str(path)
-    path = Path(path)
+    if data_args.dataset_path is None:
+        raise ValueError("No dataset given: set dataset_path (--dataset_path / --data, or `dataset_path:` in a recipe "
+                         "or config) to an annotation.json, a dataset folder or a HF dataset.")
+    source = str(data_args.dataset_path)
+    path = Path(source)
+    dataset_format = data_args.dataset_format
     if dataset_format not in ("auto", "annotation", "hf"):
         raise ValueError(f"dataset_format must be auto, annotation or hf; got {dataset_format!r}.")
     annotation = None
@@ -726,13 +753,11 @@ def load_splits(
             raise FileNotFoundError(f"No annotation.json at {path}.")
     splits = [s for s in splits if s]
     if annotation is not None:
-        dataset = load_annotation_json(annotation, image_root=image_root, splits=splits, clean=clean,
-                                       on_error=on_error, section=section, allow_outside_root=allow_outside_root)
+        kwargs = data_args.loader_kwargs()
+        dataset = load_annotation_json(annotation, splits=splits, **{k: kwargs[k] for k in (
+            "image_root", "clean", "on_error", "section", "allow_outside_root")})
     else:
-        dataset = load_hf_dataset(str(path) if path.exists() else source, image_column=image_column,
-                                  report_column=report_column, split_column=split_column, splits=splits,
-                                  section=section, clean=clean, on_error=on_error, image_root=image_root,
-                                  allow_outside_root=allow_outside_root)
+        dataset = load_hf_dataset(data_args, splits=splits)
     for split in splits:
         if split_key(split) not in dataset:
             raise ValueError(f"Split {split!r} not found in {source}; it has {list(dataset)}.")

@@ -10,27 +10,35 @@ Usage:
 ```bash
 rrg evaluate --model outputs/demo/stage2 --data outputs/demo/data --split test --output-dir outputs/demo/eval \
     --num-beams 3 --max-new-tokens 100 --repetition-penalty 1.0
+# a Hugging Face dataset with R2Gen-style columns, read with the same flags `rrg train` takes (or --config eval.yaml)
+rrg evaluate --model outputs/stage2 --data data/mimic_hf --image_column image_path --report_column findings \
+    --image_root data/mimic/images --output-dir outputs/eval
 ```
+
+The flags are the fields of [`EvaluateArguments`] and of the shared groups of `training.arguments` (`DataArguments`,
+`GenerationArguments`, `ScoringArguments`), each under its own name and with dashes (`--num_beams`, `--num-beams`).
 """
 
-import argparse
 import json
 import logging
 import os
 import random
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..arguments import DataArguments, GenerationArguments, ScoringArguments, parse_command
 from ..data.loaders import describe_dataset
 from ..fileio import write_json_atomic, write_text_atomic
 from .generation import DEFAULT_GENERATION, generate_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["generate_reports", "score_predictions", "read_predictions", "evaluate", "main"]
+__all__ = ["EvaluateArguments", "generate_reports", "score_predictions", "read_predictions", "evaluate", "parse_args",
+           "main"]
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -130,35 +138,86 @@ def load_radgraph_annotations(path, predictions: list[dict]) -> tuple[list, list
     return [p.get("prediction") for p in pairs], [p.get("reference") for p in pairs]
 
 
-def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_size=8, max_samples=None,
-             generation_kwargs=None, labeler="rule", labeler_kwargs=None, tokenization="r2gen", clean="mimic",
-             meteor=True, image_root=None, dataset_format="auto", shuffle_images_seed=None, device=None,
-             model=None, processor=None, bertscore_model=None, radgraph_annotations_path=None, on_bad_rows="raise",
-             allow_outside_image_root=False, overwrite=False, **scoring_kwargs) -> dict:
+@dataclass
+class EvaluateArguments:
+    """The fields of `rrg evaluate` that belong to this command alone (with [`DataArguments`],
+    [`GenerationArguments`] and [`ScoringArguments`], the groups every command shares)."""
+
+    model_name_or_path: str = field(
+        metadata={"aliases": ["--model"], "help": "Trained folder (full, adapter or merged; a stage folder works)."}
+    )
+    output_dir: str = field(metadata={"help": "Where predictions.jsonl, metrics.json and metrics.md are written."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N studies of the split."})
+    shuffle_images_seed: int | None = field(
+        default=None, metadata={"aliases": ["--shuffle-images"], "help": "Control: give each study another study's "
+                                                                         "images (a permutation with this seed)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Delete predictions/metrics already in --output-dir and start fresh (needed when they came "
+                          "from another model, data or settings)."},
+    )
+
+
+def evaluate(
+    model_path: str | os.PathLike | None,
+    data_args: DataArguments | str | os.PathLike,
+    generation_args: GenerationArguments | None = None,
+    scoring_args: ScoringArguments | None = None,
+    output_dir: str | os.PathLike = "outputs/eval",
+    split: str = "test",
+    max_samples: int | None = None,
+    shuffle_images_seed: int | None = None,
+    device: str | None = None,
+    model=None,
+    processor=None,
+    overwrite: bool = False,
+) -> dict:
     """
     Generate + score one split; returns the metrics dict (also written to `output_dir`).
 
-    `predictions.jsonl` is resumed only when its `manifest.json` (model weights, data, split, sample limit, generation
-    settings) equals this call's; otherwise it is refused, naming the differing fields (`overwrite=True` deletes it
-    and starts fresh). Every image of the evaluated rows is decoded before the first batch (`on_bad_rows="skip"`
-    skips and counts rows with a bad image, duplicate id or image path outside the image root). `scoring_kwargs`
-    go to the scorer (BERTScore layer, RadGraph model, reference truncation, bootstrap replicates).
+    `predictions.jsonl` is resumed only when its `manifest.json` (model weights, data and every data field, split,
+    sample limit, generation settings) equals this call's; otherwise it is refused, naming the differing fields
+    (`overwrite=True` deletes it and starts fresh). Every image of the evaluated rows is decoded before the first
+    batch (`on_bad_rows="skip"` skips and counts rows with a bad image, duplicate id or image path outside the image
+    root).
+
+    Args:
+        model_path (`str`, *optional*): A trained folder (`None` with `model` / `processor` in memory).
+        data_args ([`DataArguments`] or `str`): The data; a path is `DataArguments(dataset_path=path)`.
+        generation_args ([`GenerationArguments`], *optional*): Decoding and generation batch size (default: greedy).
+        scoring_args ([`ScoringArguments`], *optional*): Labeler and scorer settings (default: R2Gen protocol).
+        output_dir (`str`): Where the files go.
+        split (`str`, defaults to `"test"`), max_samples (`int`, *optional*): The studies evaluated.
+        shuffle_images_seed (`int`, *optional*): Control experiment: each study gets another study's images.
+        device (`str`, *optional*): Where the model is loaded (default: cuda if available, else cpu).
+        model, processor (*optional*): A loaded model instead of `model_path`.
+        overwrite (`bool`): Start fresh instead of refusing earlier outputs of another run.
     """
     from ..data.image_check import check_rows
     from ..data.loaders import load_splits, split_key
     from ..manifest import data_fingerprint, model_fingerprint
+    from ..model_io import load_trained, resolve_model_dir
     from ..run_guard import guard_predictions
-    from ..sft.loading import load_trained, resolve_model_dir
     from .labeler import get_labeler
 
+    if not isinstance(data_args, DataArguments):
+        data_args = DataArguments(dataset_path=data_args)
+    generation_args = generation_args or GenerationArguments()
+    scoring_args = scoring_args or ScoringArguments()
+    data = data_args.dataset_path
     output_dir = Path(output_dir)
-    generation_kwargs = dict(generation_kwargs or {})
+    generation = {**DEFAULT_GENERATION, **generation_args.to_generation_kwargs()}
+    data_fields = asdict(data_args)
+    if data_fields["image_root"]:
+        data_fields["image_root"] = str(Path(data_fields["image_root"]).resolve())
     manifest = {
         "model": model_fingerprint(model_path) if model_path else model_fingerprint(model=model),
-        "data": {**data_fingerprint(data), "format": dataset_format,
-                 "image_root": str(Path(image_root).resolve()) if image_root else None},
-        "split": split_key(split), "max_samples": max_samples, "on_bad_rows": on_bad_rows,
-        "generation": {**DEFAULT_GENERATION, **generation_kwargs},
+        "data": {**data_fingerprint(data), "arguments": data_fields},
+        "split": split_key(split), "max_samples": max_samples,
+        "generation": generation, "generation_batch_size": generation_args.batch_size,
         "shuffle_images_seed": shuffle_images_seed,
     }
     # Refuse before loading anything heavy: these predictions must not mix with another model's or setting's.
@@ -166,26 +225,26 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     if model is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, processor = load_trained(model_path, merge=True, device=device)
-    dataset = load_splits(data, splits=[split], dataset_format=dataset_format, image_root=image_root,
-                          on_error=on_bad_rows, allow_outside_root=allow_outside_image_root)
-    rows = list(dataset[split_key(split)])
+    rows = list(load_splits(data_args, splits=[split])[split_key(split)])
     if max_samples:
         rows = rows[:max_samples]
-    good = check_rows(rows, split, str(data), on_bad_rows, max_views=processor.max_views)
+    good = check_rows(rows, split, str(data), data_args.on_bad_rows, max_views=processor.max_views)
     skipped = len(rows) - len(good)
     rows = [rows[i] for i in good]
-    predictions = generate_reports(model, processor, rows, output_dir / "predictions.jsonl", batch_size=batch_size,
-                                   generation_kwargs=generation_kwargs, shuffle_images_seed=shuffle_images_seed)
-    labeler_obj = get_labeler(labeler, **(labeler_kwargs or {}))
-    if radgraph_annotations_path:
-        scoring_kwargs["radgraph_annotations"] = load_radgraph_annotations(radgraph_annotations_path, predictions)
-    metrics = score_predictions(predictions, labeler=labeler_obj, tokenization=tokenization, clean=clean,
-                                meteor=meteor, bertscore_model=bertscore_model, **scoring_kwargs)
+    predictions = generate_reports(model, processor, rows, output_dir / "predictions.jsonl",
+                                   batch_size=generation_args.batch_size,
+                                   generation_kwargs=generation_args.to_generation_kwargs(),
+                                   shuffle_images_seed=shuffle_images_seed)
+    labeler = get_labeler(scoring_args.labeler, **scoring_args.labeler_kwargs())
+    score_kwargs = scoring_args.score_kwargs()
+    if scoring_args.radgraph_annotations:
+        score_kwargs["radgraph_annotations"] = load_radgraph_annotations(scoring_args.radgraph_annotations, predictions)
+    metrics = score_predictions(predictions, labeler=labeler, **score_kwargs)
     metrics.update({
         "model": str(resolve_model_dir(model_path)) if model_path else None,
         "data": str(data), "dataset_name": describe_dataset(str(data)), "split": split,
         "num_samples": len(predictions), "rows_skipped_for_images": skipped,
-        "generation": {**DEFAULT_GENERATION, **generation_kwargs},
+        "generation": generation,
         "images_shuffled": shuffle_images_seed is not None,
     })
     from .scoring import metrics_to_markdown
@@ -196,70 +255,21 @@ def evaluate(model_path, data, split="test", output_dir="outputs/eval", batch_si
     return metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rrg evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="Trained folder (full, adapter or merged; a stage folder works).")
-    p.add_argument("--data", required=True, help="annotation.json, a folder holding one, or a HF dataset.")
-    p.add_argument("--dataset-format", default="auto", choices=["auto", "annotation", "hf"])
-    p.add_argument("--image-root", default=None)
-    p.add_argument("--split", default="test")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    p.add_argument("--labeler", default="rule", choices=["rule", "chexbert"])
-    p.add_argument("--chexbert-checkpoint", default=None, help="Path of chexbert.pth (never downloaded).")
-    p.add_argument("--chexbert-tokenizer", default=None, help="Local bert-base-uncased tokenizer folder.")
-    p.add_argument("--tokenization", default="r2gen", choices=["r2gen", "ptb"])
-    p.add_argument("--clean", default="mimic", choices=["mimic", "iu", "none"],
-                   help="R2Gen-style cleaning of both sides before the NLG metrics (clinical efficacy uses raw text).")
-    p.add_argument("--no-meteor", action="store_true")
-    p.add_argument("--bertscore-model", default=None,
-                   help="Local encoder checkpoint folder for BERTScore (optional; nothing is downloaded).")
-    p.add_argument("--bertscore-layer", type=int, default=None, help="Hidden layer for BERTScore (default: last).")
-    p.add_argument("--radgraph-model", default=None,
-                   help="Local RadGraph model folder (config.json, vocabulary/, weights.th) for RadGraph-F1.")
-    p.add_argument("--radgraph-annotations", default=None, metavar="JSON",
-                   help="RadGraph annotations saved elsewhere: {study id: {'prediction': graph, 'reference': graph}}.")
-    p.add_argument("--reference-max-tokens", type=int, default=None, metavar="N",
-                   help="R2Gen protocol: cut references to max sequence length N before scoring (default: untruncated).")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="REPLICATES",
-                   help="Bootstrap replicates for the 95%% intervals (0: none).")
-    p.add_argument("--shuffle-images", type=int, default=None, metavar="SEED",
-                   help="Control: give each study another study's images.")
-    p.add_argument("--on-bad-rows", default="raise", choices=["raise", "skip"],
-                   help="Rows with a missing/corrupt image, an empty report, a duplicate id or an image path outside "
-                        "the image root: stop with an error naming them (raise) or skip and count them (skip).")
-    p.add_argument("--allow-outside-image-root", action="store_true",
-                   help="Accept image paths that leave the image root (absolute, or '..').")
-    p.add_argument("--overwrite", action="store_true",
-                   help="Delete predictions/metrics already in --output-dir and start fresh (needed when they came "
-                        "from another model, data or settings).")
-    return p
+def parse_args(argv=None) -> tuple:
+    """`rrg evaluate`'s flags (and `--config FILE.yaml`) as `(EvaluateArguments, DataArguments, GenerationArguments,
+    ScoringArguments)`."""
+    return parse_command("evaluate", (EvaluateArguments, DataArguments, GenerationArguments, ScoringArguments), argv,
+                         description=__doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    labeler_kwargs = {}
-    if a.labeler == "chexbert":
-        labeler_kwargs = {"checkpoint_path": a.chexbert_checkpoint, "tokenizer_name_or_path": a.chexbert_tokenizer}
-    generation = {"num_beams": a.num_beams, "max_new_tokens": a.max_new_tokens,
-                  "repetition_penalty": a.repetition_penalty}
-    if a.no_repeat_ngram_size:
-        generation["no_repeat_ngram_size"] = a.no_repeat_ngram_size
-    metrics = evaluate(a.model, a.data, split=a.split, output_dir=a.output_dir, batch_size=a.batch_size,
-                       max_samples=a.max_samples, generation_kwargs=generation, labeler=a.labeler,
-                       labeler_kwargs=labeler_kwargs, tokenization=a.tokenization,
-                       clean=None if a.clean == "none" else a.clean, meteor=not a.no_meteor,
-                       image_root=a.image_root, dataset_format=a.dataset_format, shuffle_images_seed=a.shuffle_images,
-                       bertscore_model=a.bertscore_model, bertscore_layer=a.bertscore_layer,
-                       radgraph_model=a.radgraph_model, radgraph_annotations_path=a.radgraph_annotations,
-                       reference_max_tokens=a.reference_max_tokens, replicates=a.bootstrap,
-                       on_bad_rows=a.on_bad_rows, allow_outside_image_root=a.allow_outside_image_root,
-                       overwrite=a.overwrite)
+    args, data_args, generation_args, scoring_args = parse_args(argv)
+    if data_args.dataset_path is None:
+        raise ValueError("rrg evaluate needs --data (or --dataset_path): an annotation.json, a folder holding one, or "
+                         "a HF dataset.")
+    metrics = evaluate(args.model_name_or_path, data_args, generation_args, scoring_args, output_dir=args.output_dir,
+                       split=args.split, max_samples=args.max_samples, shuffle_images_seed=args.shuffle_images_seed,
+                       device=args.device, overwrite=args.overwrite)
     from .scoring import metrics_to_markdown
 
     sys.stdout.write(metrics_to_markdown(metrics) + "\n")

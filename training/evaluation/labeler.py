@@ -99,7 +99,7 @@ class RuleBasedLabeler:
     Example:
 
     ```python
-    >>> from training.labeler import RuleBasedLabeler
+    >>> from training.evaluation.labeler import RuleBasedLabeler
     >>> labeler = RuleBasedLabeler()
     >>> labels = labeler.label("Small left pleural effusion. No pneumothorax. Possible early pneumonia.")
     >>> labels["Pleural Effusion"], labels["Pneumothorax"], labels["Pneumonia"], labels["No Finding"]
@@ -299,7 +299,7 @@ class CheXbertLabeler:
     Example:
 
     ```python
-    >>> from training.labeler import CheXbertLabeler
+    >>> from training.evaluation.labeler import CheXbertLabeler
     >>> labeler = CheXbertLabeler("/data/models/chexbert.pth", "/data/models/bert-base-uncased")  # doctest: +SKIP
     >>> labeler.label("No pneumothorax.")["Pneumothorax"]  # doctest: +SKIP
     0
@@ -502,7 +502,7 @@ def get_labeler(name: str = "rule", **kwargs):
     Example:
 
     ```python
-    >>> from training.labeler import get_labeler
+    >>> from training.evaluation.labeler import get_labeler
     >>> get_labeler("rule").name
     'rrg-rule-based-v1'
     ```

@@ -161,7 +161,7 @@ def score_reports(predictions: list[str], references: list[str], labeler=None, c
 
     Args:
         predictions, references (`list[str]`): Raw reports, one reference per prediction.
-        labeler (*optional*): CE labeler (`training.labeler`); defaults to the offline rule-based one.
+        labeler (*optional*): CE labeler (`training.evaluation.labeler`); defaults to the offline rule-based one.
         clean (`str`, *optional*): `"mimic"`/`"iu"` R2Gen cleaning before the NLG metrics, `None` for none.
         tokenization (`str`): `"r2gen"` (cleaned text scored as given) or `"ptb"` (pycocoevalcap's PTBTokenizer).
         meteor (`bool`): Compute METEOR (needs java).

@@ -137,7 +137,7 @@ def compute_nlg_metrics(
     Example:
 
     ```python
-    >>> from training.scoring import compute_nlg_metrics
+    >>> from training.evaluation.scoring import compute_nlg_metrics
     >>> scores = compute_nlg_metrics(["the heart is normal ."], ["the heart is normal ."], meteor=False)
     >>> round(scores["BLEU-1"], 4), round(scores["ROUGE-L"], 4)
     (1.0, 1.0)
@@ -263,7 +263,7 @@ def compute_clinical_efficacy(
     Example:
 
     ```python
-    >>> from training.scoring import compute_clinical_efficacy
+    >>> from training.evaluation.scoring import compute_clinical_efficacy
     >>> ce = compute_clinical_efficacy(["Small left pleural effusion."], ["Small left pleural effusion."])
     >>> ce["f1_micro_14"], ce["labeler"]
     (1.0, 'rrg-rule-based-v1')

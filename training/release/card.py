@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data.loaders import describe_dataset
 from ..evaluation.scoring import CE_METRIC_NAMES, NLG_METRIC_NAMES
-from ..sft.loading import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
+from ..model_io import COMPLETE_MARKER, is_adapter_dir, read_training_summary, resolve_model_dir
 from .tested_versions import load_tested_versions, render_tested_versions
 
 logger = logging.getLogger(__name__)
@@ -145,11 +145,11 @@ def hub_id_of(name: str) -> str | None:
 
 
 def _flat_recipe(summary: dict) -> dict:
-    """A stage's recipe as one flat dict (training writes `{"rrg": ..., "model": ..., "training": ...}`)."""
+    """A stage's recipe as one flat dict (training writes `{"rrg": ..., "data": ..., "model": ..., "training": ...}`)."""
     recipe = summary.get("recipe") or {}
     flat: dict = {}
     for key, value in recipe.items():
-        if isinstance(value, dict) and key in ("rrg", "model", "training", "script", "peft"):
+        if isinstance(value, dict) and key in ("rrg", "data", "model", "training", "script", "peft"):
             flat.update(value)
         else:
             flat[key] = value

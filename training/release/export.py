@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_dir
-from ..sft.loading import DTYPES, is_adapter_dir, parse_dtype, resolve_model_dir
+from ..model_io import DTYPES, is_adapter_dir, parse_dtype, resolve_model_dir
 from .card import (
     DEFAULT_LICENSE,
     DEFAULT_MAX_NEW_TOKENS,
@@ -93,7 +93,7 @@ def export_model(
     """
     from modeling_rrg.pipeline_rrg import custom_pipelines_entry
 
-    from ..sft.loading import load_trained
+    from ..model_io import load_trained
 
     source = resolve_model_dir(model_dir)
     output_dir = Path(output_dir)

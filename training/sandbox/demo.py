@@ -88,6 +88,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
     """Run the whole demo; returns (and writes) the summary."""
     from transformers import AutoTokenizer
 
+    from ..arguments import GenerationArguments, ScoringArguments
     from ..evaluation.evaluator import evaluate
     from ..sft.train import parse_args, train
     from .pretrain import finding_targets, pretrain_language_model, pretrain_vision_encoder
@@ -144,24 +145,21 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                            *common])
         train(*args)
 
-    generation = {"max_new_tokens": config.max_new_tokens, "num_beams": 1, "repetition_penalty": 1.0}
+    generation = GenerationArguments(max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
     with _timed("evaluate", timings):
-        from ..sft.loading import load_trained
+        from ..model_io import load_trained
 
         model, processor = load_trained(stage2_dir, merge=True)
-        true_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval",
-                                batch_size=config.eval_batch_size, generation_kwargs=generation, model=model,
+        true_metrics = evaluate(stage2_dir, data, generation, output_dir=out / "eval", split="test", model=model,
                                 processor=processor, overwrite=True)
-        shuffled_metrics = evaluate(stage2_dir, data, split="test", output_dir=out / "eval_shuffled",
-                                    batch_size=config.eval_batch_size, generation_kwargs=generation, model=model,
-                                    processor=processor, shuffle_images_seed=config.seed, overwrite=True)
+        shuffled_metrics = evaluate(stage2_dir, data, generation, output_dir=out / "eval_shuffled", split="test",
+                                    model=model, processor=processor, shuffle_images_seed=config.seed, overwrite=True)
         stage1_metrics = None
         if evaluate_stage1:
             stage1_model, stage1_processor = load_trained(stage1_dir)
-            stage1_metrics = evaluate(stage1_dir, data, split="test", output_dir=out / "eval_stage1",
-                                      batch_size=config.eval_batch_size, generation_kwargs=generation,
-                                      model=stage1_model, processor=stage1_processor, meteor=False,
-                                      overwrite=True)
+            stage1_metrics = evaluate(stage1_dir, data, generation, ScoringArguments(meteor=False),
+                                      output_dir=out / "eval_stage1", split="test", model=stage1_model,
+                                      processor=stage1_processor, overwrite=True)
 
     exported = None
     if export:

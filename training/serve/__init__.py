@@ -12,8 +12,8 @@ from .app import (
     build_parser,
     launch,
     main,
-    write_examples,
 )
+from .examples import load_examples, write_examples
 from .space import write_space
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "build_app",
     "build_parser",
     "launch",
+    "load_examples",
     "main",
     "write_examples",
     "write_space",

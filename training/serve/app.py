@@ -5,7 +5,8 @@ an indication, and presses *Generate*. The report streams in token by token (tra
 beam search cannot stream, so it shows the report when it is done), then the findings the rule-based CheXpert labeler
 (`training.evaluation.labeler`) extracts appear as positive / negative / uncertain chips, and the attention heat map of each
 sentence over the view the user picks is drawn by the analysis code (`training.analysis.attribution.token_attribution` on the
-report shown, `plot_attribution`). Example studies from the synthetic benchmark are one click away.
+report shown, `plot_attribution`). Example studies from the synthetic benchmark, shipped with the package
+(`training.serve.examples`), are one click away.
 
 The model is loaded exactly as a Hub user loads it: `pipeline(model=NAME, trust_remote_code=True)` with an exported
 folder or a Hub id (with `HF_HUB_OFFLINE=1` only the local cache is read). The report is the pipeline's own: its
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import logging
 import os
 import re
@@ -42,6 +42,8 @@ from pathlib import Path
 # Before gradio is imported: no usage analytics or version checks leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from .examples import NUM_EXAMPLES, write_examples
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -52,7 +54,6 @@ __all__ = [
     "UploadError",
     "GenerationSettings",
     "ReportServer",
-    "write_examples",
     "build_app",
     "launch",
     "build_parser",
@@ -69,7 +70,6 @@ DEFAULT_PORT = 7860
 MAX_UPLOAD_MB = 20.0
 # Pillow refuses larger images anyway (decompression-bomb guard); say it plainly before decoding.
 MAX_PIXELS = 64_000_000
-NUM_EXAMPLES = 3
 LABEL_NAMES = {1: "positive", 0: "negative", -1: "uncertain"}
 CSS = """
 .rrg-banner {border: 2px solid #b45309; background: #fffbeb; border-radius: 8px; padding: 4px 12px;}
@@ -325,34 +325,6 @@ def _error_html(message: str) -> str:
     return f"<div class='rrg-error' role='alert'>{html.escape(message)}</div>"
 
 
-# ----------------------------------------------------------------------------------------------- examples
-def write_examples(folder: str | os.PathLike, image_size: int = 256, count: int = NUM_EXAMPLES,
-                   seed: int = 0, lateral: bool = True) -> list[dict]:
-    """
-    Render `count` test studies of the synthetic benchmark (`training.sandbox.synthetic.generate_study`, the same seeds as
-    `rrg data`) as PNGs, for the page's examples. Returns `[{"id", "images", "report"}]`.
-    """
-    from PIL import Image
-
-    from ..fileio import write_bytes_atomic
-    from ..sandbox.synthetic import generate_study
-
-    folder = Path(folder)
-    studies = []
-    for index in range(count):
-        entry, images = generate_study(seed, "test", index, image_size=image_size, lateral=lateral)
-        paths = []
-        for view, array in enumerate(images):
-            path = folder / entry["id"] / f"{('frontal', 'lateral')[view]}.png"
-            if not path.is_file():
-                buffer = io.BytesIO()
-                Image.fromarray(array, mode="L").save(buffer, format="PNG")
-                write_bytes_atomic(path, buffer.getvalue())
-            paths.append(str(path))
-        studies.append({"id": entry["id"], "images": paths, "report": entry["report"]})
-    return studies
-
-
 # -------------------------------------------------------------------------------------------------- page
 def _theme():
     import gradio as gr
@@ -369,7 +341,7 @@ def build_app(server: ReportServer, examples_dir: str | os.PathLike | None = Non
         server ([`ReportServer`]): The loaded model.
         examples_dir (`str` or `os.PathLike`, *optional*): Where the example studies are rendered (default: a
             temporary folder).
-        max_examples (`int`, *optional*, defaults to 3): Synthetic test studies offered as examples (0: none).
+        max_examples (`int`, *optional*, defaults to 3): Shipped synthetic test studies offered as examples (0: none).
 
     Returns:
         `gradio.Blocks`
@@ -406,7 +378,7 @@ def build_app(server: ReportServer, examples_dir: str | os.PathLike | None = Non
                 generate = gr.Button("Generate report", variant="primary", elem_id="rrg-generate")
                 if examples:
                     gr.Examples(
-                        examples=[[study["images"], ""] for study in examples],
+                        examples=[[study["images"], study["indication"]] for study in examples],
                         example_labels=[f"Synthetic study {study['id']}" for study in examples],
                         inputs=[files, indication], label="Example studies (synthetic benchmark, test split)",
                         elem_id="rrg-examples",

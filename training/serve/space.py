@@ -1,8 +1,11 @@
 """Write a Hugging Face Space folder that serves an rrg model with the `rrg serve` page, unchanged.
 
 The folder holds `app.py` (the Space's entry point, `training/serve/space_app.py`), a `README.md` whose front matter
-makes it a Gradio Space, `requirements.txt`, `rrg_space.json` (the model to load) and a copy of this project's
-`training` and `modeling_rrg` packages (the page reuses the labeler, the analysis code and the synthetic examples).
+makes it a Gradio Space, `requirements.txt`, `rrg_space.json` (the model to load) and a copy of the parts of this
+project the page runs ([`SPACE_FILES`]: `training/serve/` with its example studies, the rule-based labeler, the image
+reader, the attribution and plotting code of the analyses, and `modeling_rrg`, which the plots import) — not the
+trainer, the loaders, the scorers or the sandbox, whose dependencies (`datasets`, `trl`, `peft`) the Space does not
+install.
 Upload it as a Space (`hf upload ORG/NAME DIR --repo-type space`); the model itself is loaded from the Hub with
 `trust_remote_code=True` like any user would.
 """
@@ -21,7 +24,7 @@ from ..fileio import replace_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPACE_REQUIREMENTS", "write_space"]
+__all__ = ["SPACE_FILES", "SPACE_REQUIREMENTS", "write_space"]
 
 # What the page imports (the analysis plots with matplotlib; DICOM needs pydicom).
 SPACE_REQUIREMENTS = (
@@ -35,8 +38,27 @@ SPACE_REQUIREMENTS = (
     "tqdm>=4.66",
     "safetensors>=0.4",
 )
-_PACKAGES = ("training", "modeling_rrg")
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "recipes", "metrics")
+# What the page imports, relative to the project root (folders are copied whole). `tests/test_serve.py` runs the
+# written Space with these copies only, and with `datasets`, `trl` and `peft` unimportable.
+SPACE_FILES = (
+    "modeling_rrg",
+    "training/__init__.py",
+    "training/fileio.py",
+    "training/serve",
+    "training/data/__init__.py",
+    "training/data/chexpert.py",
+    "training/data/images.py",
+    "training/evaluation/__init__.py",
+    "training/evaluation/generation.py",
+    "training/evaluation/labeler.py",
+    "training/evaluation/labeler_data",
+    "training/analysis/__init__.py",
+    "training/analysis/attention.py",
+    "training/analysis/attribution.py",
+    "training/analysis/plots.py",
+    "training/analysis/studies.py",
+)
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 README = """---
 title: {title}
@@ -88,8 +110,13 @@ def write_space(model: str, output_dir: str | os.PathLike, overwrite: bool = Tru
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
         root = _project_root()
-        for package in _PACKAGES:
-            shutil.copytree(root / package, tmp / package, ignore=_IGNORE)
+        for name in SPACE_FILES:
+            source, target = root / name, tmp / name
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=_IGNORE)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
         shutil.copy2(Path(__file__).with_name("space_app.py"), tmp / "app.py")
         write_text_atomic(tmp / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
         write_text_atomic(tmp / "rrg_space.json", json.dumps({"model": str(model)}, indent=2) + "\n")

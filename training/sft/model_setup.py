@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..model_io import load_trained, resolve_model_dir
 from . import distributed
-from .loading import load_trained, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,10 @@ torchrun --nproc_per_node 2 -m training.sft.train --config training/sft/recipes/
 accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero2.yaml -m training.sft.train --config training/sft/recipes/paper_stage2.yaml
 ```
 
-Every recipe field can be overridden on the command line (`--learning_rate 1e-4`). Each stage writes checkpoints
+A recipe holds four argument groups side by side, parsed by trl's `TrlParser`: [`RRGScriptArguments`] (stage, splits,
+model building), [`training.arguments.DataArguments`] (the data fields `rrg evaluate` and `rrg analyze` take too),
+trl's `SFTConfig` and `ModelConfig`. Every recipe field can be overridden on the command line (`--learning_rate 1e-4`,
+`--image_column image_path`). Each stage writes checkpoints
 (`checkpoint-*`), TensorBoard logs (`runs/`) and, at the end, a complete `save_pretrained` folder `model/` (written to a
 temporary folder and renamed into place, with `rrg_training.json` written last), so an interrupted run never leaves a
 folder that looks finished.
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import DataArguments
 from ..fileio import atomic_dir, write_json_atomic
 from . import distributed
 from .fused_head import score_label_positions_only
@@ -52,31 +56,13 @@ __all__ = [
 
 @dataclass
 class RRGScriptArguments:
-    """rrg-specific recipe fields (the rest come from trl's `SFTConfig` and `ModelConfig`)."""
+    """rrg-specific recipe fields of a training stage. The data fields (`dataset_path`, columns, cleaning, bad rows)
+    are [`training.arguments.DataArguments`], shared with `rrg evaluate` and `rrg analyze`; the rest come from trl's
+    `SFTConfig` and `ModelConfig`. A recipe holds all four groups' fields side by side."""
 
     stage: int = field(default=1, metadata={"help": "1: align (projector only); 2: fine-tune (LoRA or full + projector)."})
-    dataset_path: str | None = field(
-        default=None,
-        metadata={"help": "annotation.json (R2Gen layout), a folder holding one (e.g. the synthetic benchmark), or a "
-                          "Hugging Face dataset (hub id, save_to_disk folder, imagefolder, CSV/JSON file)."},
-    )
-    dataset_format: str = field(default="auto", metadata={"help": "auto | annotation | hf"})
-    image_root: str | None = field(default=None, metadata={"help": "Folder the image paths are relative to."})
-    image_column: str = field(default="image", metadata={"help": "HF datasets: image (or image list) column."})
-    report_column: str = field(default="report", metadata={"help": "HF datasets: report column."})
-    split_column: str | None = field(default=None, metadata={"help": "HF datasets: column holding the split name."})
     train_split: str = field(default="train")
     eval_split: str | None = field(default="validation", metadata={"help": "Split to evaluate on; none to skip."})
-    report_section: str = field(default="both", metadata={"help": "findings | impression | both"})
-    clean_reports: str | None = field(default=None, metadata={"help": "R2Gen-style cleaning: mimic | iu | none"})
-    on_bad_rows: str = field(
-        default="raise",
-        metadata={"help": "raise | skip: rows with a missing/corrupt image, an empty report, a duplicate id or an image "
-                          "path outside image_root (skipped rows are counted in a warning)."},
-    )
-    allow_outside_image_root: bool = field(
-        default=False, metadata={"help": "Accept image paths that leave the image root (absolute, or '..')."}
-    )
     overwrite: bool = field(
         default=False, metadata={"help": "Delete a previous run in output_dir (finished, or of another recipe) first."}
     )
@@ -105,25 +91,13 @@ class RRGScriptArguments:
 
 
 # --------------------------------------------------------------------------------------------------- data
-def load_recipe_splits(args: RRGScriptArguments):
+def load_recipe_splits(args: RRGScriptArguments, data_args: DataArguments):
     """Load the train / eval splits named by the recipe (see [`training.data.loaders.load_splits`])."""
     from ..data.loaders import load_splits
 
-    if args.dataset_path is None:
+    if data_args.dataset_path is None:
         raise ValueError("The recipe has no dataset_path; set it to an annotation.json, a dataset folder or a HF dataset.")
-    return load_splits(
-        args.dataset_path,
-        splits=[args.train_split, args.eval_split],
-        dataset_format=args.dataset_format,
-        image_root=args.image_root,
-        clean=None if args.clean_reports in (None, "none") else args.clean_reports,
-        on_error=args.on_bad_rows,
-        section=args.report_section,
-        image_column=args.image_column,
-        report_column=args.report_column,
-        split_column=args.split_column,
-        allow_outside_root=args.allow_outside_image_root,
-    )
+    return load_splits(data_args, splits=[args.train_split, args.eval_split])
 
 
 class RRGDataCollator:
@@ -221,7 +195,7 @@ def add_length_column(dataset, collator: RRGDataCollator, column: str = "length"
 
 # ----------------------------------------------------------------------------------------------- outputs
 def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
-    from .loading import COMPLETE_MARKER
+    from ..model_io import COMPLETE_MARKER
 
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
@@ -231,14 +205,14 @@ def _save_base(model, processor, folder: Path, base_models: dict) -> Path:
     return folder.resolve()
 
 
-def save_stage_outputs(trainer, processor, args, training_args, model_args, summary: dict, state_dict=None) -> Path:
+def save_stage_outputs(trainer, processor, args, training_args, summary: dict, state_dict=None) -> Path:
     """
     Write the final `model/` folder (and `merged/` on request) atomically; `rrg_training.json` goes in last.
     `state_dict`: the full weights when the model is sharded (gathered on all ranks by `distributed.full_state_dict`).
     """
     from peft import PeftModel
 
-    from .loading import COMPLETE_MARKER
+    from ..model_io import COMPLETE_MARKER
 
     out = Path(training_args.output_dir)
     final = out / "model"
@@ -251,7 +225,7 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
         processor.save_pretrained(tmp)
         write_json_atomic(tmp / COMPLETE_MARKER, summary)
     if isinstance(model, PeftModel) and args.merge_adapter:
-        from .loading import load_trained
+        from ..model_io import load_trained
 
         merged, merged_processor = load_trained(final, merge=True)
         with atomic_dir(out / "merged") as tmp:
@@ -262,17 +236,24 @@ def save_stage_outputs(trainer, processor, args, training_args, model_args, summ
 
 
 # -------------------------------------------------------------------------------------------------- train
-def train(args: RRGScriptArguments, training_args, model_args) -> Path:
-    """Run one stage; returns the final model folder."""
+def train(args: RRGScriptArguments, data_args: DataArguments, training_args, model_args) -> Path:
+    """
+    Run one stage; returns the final model folder.
+
+    Args:
+        args ([`RRGScriptArguments`]): The stage, splits, model-building and run-safety fields.
+        data_args ([`training.arguments.DataArguments`]): Where the studies are and how they are read.
+        training_args (`trl.SFTConfig`), model_args (`trl.ModelConfig`): trl's groups.
+    """
     from accelerate import PartialState
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     from ..data.loaders import split_key
+    from ..model_io import parse_dtype
     from ..run_guard import LogOnSaveCallback, guard_training_dir, mark_training_finished, whole_run_loss
     from .feature_cache import FeatureCache
-    from .loading import parse_dtype
     from .model_setup import build_model_and_processor, configure_trainable, count_parameters, lora_config
 
     start = time.time()
@@ -281,14 +262,14 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     set_seed(training_args.seed)  # the projector's initialisation must be reproducible too, not only the data order
     dtype = parse_dtype(model_args.dtype)
     # Before anything is written to output_dir: is it ours to write (new, or the resume of this very run)?
-    manifest = run_manifest(args, training_args, model_args)
+    manifest = run_manifest(args, data_args, training_args, model_args)
     resume_requested = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
     guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=False)
     state.wait_for_everyone()
     if state.is_main_process:
         guard_training_dir(training_args.output_dir, manifest, resume_requested, args.overwrite, write=True)
     state.wait_for_everyone()
-    dataset = load_recipe_splits(args)
+    dataset = load_recipe_splits(args, data_args)
     train_split = split_key(args.train_split)
     eval_split = split_key(args.eval_split) if args.eval_split else None
     train_dataset = dataset[train_split]
@@ -298,9 +279,9 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     if eval_dataset is not None and args.max_eval_samples:
         eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
     if len(train_dataset) == 0:
-        raise ValueError(f"The {train_split!r} split of {args.dataset_path} has no rows.")
+        raise ValueError(f"The {train_split!r} split of {data_args.dataset_path} has no rows.")
     with state.main_process_first():  # the others then read the check cache
-        train_dataset, eval_dataset, skipped_images = _check_split_images(args, train_dataset, eval_dataset)
+        train_dataset, eval_dataset, skipped_images = _check_split_images(args, data_args, train_dataset, eval_dataset)
 
     with distributed.model_init_context(training_args):
         model, processor, base_models = build_model_and_processor(args, model_args, dtype=dtype)
@@ -366,12 +347,12 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     summary = {
         "stage": args.stage,
         "mode": "lora" if peft_config is not None else ("projector" if args.stage == 1 else "full"),
-        "recipe": {"rrg": asdict(args), "model": _jsonable(asdict(model_args)),
+        "recipe": {"rrg": asdict(args), "data": asdict(data_args), "model": _jsonable(asdict(model_args)),
                    "training": _jsonable(training_args.to_dict())},
         **{k: counts[k] for k in ("trainable_parameters", "frozen_parameters")},
         "parameters_by_module": counts["by_module"],
         "base_models": base_models,
-        "datasets": [str(args.dataset_path)],
+        "datasets": [str(data_args.dataset_path)],
         "train_rows": len(train_dataset),
         "rows_skipped_for_images": skipped_images,
         # Over the whole run: a resumed run's own `training_loss` covers only the steps after the resume.
@@ -388,7 +369,7 @@ def train(args: RRGScriptArguments, training_args, model_args) -> Path:
     final = None
     state_dict = distributed.full_state_dict(trainer)  # collective: every rank takes part
     if state.is_main_process:
-        final = save_stage_outputs(trainer, processor, args, training_args, model_args, summary, state_dict)
+        final = save_stage_outputs(trainer, processor, args, training_args, summary, state_dict)
         mark_training_finished(training_args.output_dir, summary)
         logger.info("Stage %d done: %s", args.stage, final)
     state.wait_for_everyone()
@@ -421,9 +402,9 @@ _VOLATILE_TRAINING_FIELDS = {
 }
 
 
-def run_manifest(args: RRGScriptArguments, training_args, model_args) -> dict:
-    """What identifies a stage's run (see `training.run_guard`): the recipe, the starting model (folder + weights
-    hash, or the backbones) and the data (path + content hash)."""
+def run_manifest(args: RRGScriptArguments, data_args: DataArguments, training_args, model_args) -> dict:
+    """What identifies a stage's run (see `training.run_guard`): the recipe (every field of the four groups, data
+    included), the starting model (folder + weights hash, or the backbones) and the data (path + content hash)."""
     from ..manifest import data_fingerprint, model_fingerprint
 
     rrg = {k: v for k, v in asdict(args).items() if k not in ("overwrite",)}
@@ -436,9 +417,10 @@ def run_manifest(args: RRGScriptArguments, training_args, model_args) -> dict:
         start = {name: _backbone_identity(path) for name, path in (("vision", args.vision_model),
                                                                     ("text", args.text_model))}
     return {
-        "recipe": {"rrg": _jsonable(rrg), "model": _jsonable(asdict(model_args)), "training": training},
+        "recipe": {"rrg": _jsonable(rrg), "data": _jsonable(asdict(data_args)), "model": _jsonable(asdict(model_args)),
+                   "training": training},
         "start_model": start,
-        "data": data_fingerprint(args.dataset_path) if args.dataset_path else None,
+        "data": data_fingerprint(data_args.dataset_path) if data_args.dataset_path else None,
     }
 
 
@@ -453,7 +435,7 @@ def _backbone_identity(path: str | None) -> dict:
     return {"name": path}
 
 
-def _check_split_images(args: RRGScriptArguments, train_dataset, eval_dataset):
+def _check_split_images(args: RRGScriptArguments, data_args: DataArguments, train_dataset, eval_dataset):
     """Decode every image of the rows this run uses before the first step (cached; see `training.data.image_check`)."""
     from ..data.image_check import check_rows
 
@@ -463,7 +445,7 @@ def _check_split_images(args: RRGScriptArguments, train_dataset, eval_dataset):
         if split is None:
             out.append(None)
             continue
-        good = check_rows(split, name, str(args.dataset_path), args.on_bad_rows)
+        good = check_rows(split, name, str(data_args.dataset_path), data_args.on_bad_rows)
         skipped[name] = len(split) - len(good)
         out.append(split if len(good) == len(split) else split.select(good))
     return out[0], out[1], skipped
@@ -524,23 +506,18 @@ def _checkpointing_field_names(argv: list[str], config_class) -> list[str]:
 
 
 def parse_args(argv=None):
-    """Parse `--config recipe.yaml` plus command-line overrides into (RRGScriptArguments, SFTConfig, ModelConfig)."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    """Parse `--config recipe.yaml` plus command-line overrides into
+    `(RRGScriptArguments, DataArguments, SFTConfig, ModelConfig)`."""
+    from trl import ModelConfig, SFTConfig
 
-    parser = TrlParser((RRGScriptArguments, SFTConfig, ModelConfig))
+    from ..arguments import parse_command
+
     argv = _checkpointing_field_names(list(sys.argv[1:] if argv is None else argv), SFTConfig)
-    try:
-        args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    except ValueError as err:
-        if "Unknown arguments" in str(err):
-            raise ValueError(f"{err} Run `rrg train --help` for the recipe fields.") from err
-        raise
-    return args, training_args, model_args
+    return parse_command("train", (RRGScriptArguments, DataArguments, SFTConfig, ModelConfig), argv)
 
 
 def main(argv=None) -> int:
-    args, training_args, model_args = parse_args(argv)
-    train(args, training_args, model_args)
+    train(*parse_args(argv))
     return 0
 
 

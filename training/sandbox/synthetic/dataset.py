@@ -129,7 +129,7 @@ def generate_synthetic_dataset(
 
     ```python
     >>> from training.sandbox.synthetic import generate_synthetic_dataset
-    >>> from training.data import load_synthetic
+    >>> from training.data.loaders import load_synthetic
     >>> out = generate_synthetic_dataset("/tmp/synth", num_train=20, num_val=5, num_test=5, image_size=64)
     >>> load_synthetic(out)["train"].num_rows
     20

@@ -1,4 +1,10 @@
-"""Load what training wrote: a full model folder, or a LoRA adapter folder on top of its base model."""
+"""Trained folders: load what training wrote (a full model folder, or a LoRA adapter folder on top of its base model),
+find the model inside a stage folder, read its run summary, name dtypes.
+
+It sits at the top level of `training/`, beside `fileio.py` and `manifest.py`, because every floor reads trained
+folders (training resumes and stacks stages, evaluation and the analyses load them, the manifests hash them, release
+exports them): nothing here imports from a package of `training/`, so no import runs back up the house.
+"""
 
 import json
 import logging
@@ -10,7 +16,8 @@ from modeling_rrg import RRGForConditionalGeneration, RRGProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPLETE_MARKER", "resolve_model_dir", "is_adapter_dir", "load_trained", "read_training_summary"]
+__all__ = ["COMPLETE_MARKER", "DTYPES", "parse_dtype", "resolve_model_dir", "is_adapter_dir", "load_trained",
+           "read_training_summary"]
 
 # Written last into every model folder training produces; a folder without it is an interrupted write.
 COMPLETE_MARKER = "rrg_training.json"
