@@ -16,7 +16,7 @@ F1 for that observation on the same studies against the same labels:
   `chexpert_column`), else the labeler's labels of the reference reports (MIMIC-CXR's R2Gen annotation has none).
   Only 1 is positive (uncertain, negative, blank are not), as in rrg's clinical efficacy.
 - **Probe**: per observation, L2-regularised logistic regression on features standardised with the training split's
-  mean and standard deviation, fitted by L-BFGS in float64 (torch; no scikit-learn dependency for ~40 lines). The
+  mean and standard deviation, fitted by scipy's L-BFGS-B in float64 (no scikit-learn dependency for ~40 lines). The
   penalty (from `l2_grid`) and the decision threshold (the one maximising F1) are chosen per observation by k-fold
   cross-validation on the training split, so no validation split is needed and the evaluated split is touched only
   once, for the final scores. An observation without positives in the training split is not probed (reported as such,
@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..arguments import DataArguments, GenerationArguments, parse_command
 from ..data.chexpert import CHEXPERT_OBSERVATIONS, POSITIVE
 from ..data.loaders import load_hf_dataset, load_splits, split_key
 from ..fileio import write_json_atomic, write_text_atomic
@@ -166,49 +167,55 @@ def study_features(model, processor, studies: Sequence[Sequence[str]], pooling: 
 
 
 # -------------------------------------------------------------------------------------------------------- probe
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float | torch.Tensor, max_iter: int = 200,
-                 tolerance: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float | np.ndarray, max_iter: int = 300,
+                 tolerance: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """
-    Independent L2-regularised logistic regressions, one per column of `y`, fitted together by L-BFGS.
+    Independent L2-regularised logistic regressions, one per column of `y`, fitted together by L-BFGS-B.
 
     Each column `k` minimises `mean_i BCE(x_i @ w_k + b_k, y_ik) + l2_k / 2 * ||w_k||^2` (the intercept is not
-    penalised). The columns share no parameter, so minimising the sum minimises each.
+    penalised). The columns share no parameter, so minimising the sum minimises each; one joint problem reads `x`
+    once per step for all columns. numpy + scipy with the analytic gradient: on small problems torch's per-op
+    overhead (autograd, thread pool) costs more than the arithmetic.
 
     Args:
-        x (`torch.Tensor` of shape `(n, d)`): Features (standardise them first).
-        y (`torch.Tensor` of shape `(n, k)`): 0 / 1 targets.
-        l2 (`float` or `torch.Tensor` of shape `(k,)`): Penalty per column.
-        max_iter (`int`, *optional*): L-BFGS iterations.
-        tolerance (`float`, *optional*): Stop when the gradient's largest entry falls below it.
+        x (`np.ndarray` of shape `(n, d)`): Features (standardise them first).
+        y (`np.ndarray` of shape `(n, k)`): 0 / 1 targets.
+        l2 (`float` or `np.ndarray` of shape `(k,)`): Penalty per column.
+        max_iter (`int`, *optional*): L-BFGS-B iterations.
+        tolerance (`float`, *optional*): Stop when the projected gradient's largest entry falls below it (or the
+            objective improves by less than its square, relatively).
 
     Returns:
-        `(weights, bias)` of shapes `(d, k)` and `(k,)`.
+        `(weights, bias)` of shapes `(d, k)` and `(k,)`, float64.
     """
-    x, y = x.to(torch.float64), y.to(torch.float64)
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     n, d = x.shape
     k = y.shape[1]
-    l2 = torch.as_tensor(l2, dtype=torch.float64).expand(k)
-    weights = torch.zeros(d, k, dtype=torch.float64, requires_grad=True)
+    l2 = np.broadcast_to(np.asarray(l2, dtype=np.float64), (k,))
     # Start at the prior, so a column the features cannot explain stays there.
-    prior = y.mean(0).clamp(1e-6, 1 - 1e-6)
-    bias = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([weights, bias], lr=1, max_iter=max_iter, tolerance_grad=tolerance,
-                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    prior = y.mean(0).clip(1e-6, 1 - 1e-6)
+    start = np.concatenate([np.zeros(d * k), np.log(prior / (1 - prior))])
 
-    def closure():
-        optimizer.zero_grad()
+    def objective(theta):
+        weights, bias = theta[: d * k].reshape(d, k), theta[d * k :]
         logits = x @ weights + bias
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(0)
-        loss = (loss + 0.5 * l2 * (weights * weights).sum(0)).sum()
-        loss.backward()
-        return loss
+        loss = (np.logaddexp(0, logits) - y * logits).mean(0) + 0.5 * l2 * (weights * weights).sum(0)
+        residual = (expit(logits) - y) / n
+        gradient = np.concatenate([(x.T @ residual + l2 * weights).ravel(), residual.sum(0)])
+        return loss.sum(), gradient
 
-    optimizer.step(closure)
-    return weights.detach(), bias.detach()
+    theta = minimize(objective, start, jac=True, method="L-BFGS-B",
+                     options={"maxiter": max_iter, "gtol": tolerance, "ftol": tolerance**2}).x
+    return theta[: d * k].reshape(d, k), theta[d * k :]
 
 
-def _predict(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-    return torch.sigmoid(x.to(torch.float64) @ weights + bias).numpy()
+def _predict(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(np.asarray(x, dtype=np.float64) @ weights + bias)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -271,8 +278,8 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
     mean = train_x.mean(0)
     std = train_x.std(0)
     std = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)  # constant features stay 0
-    x = torch.from_numpy((train_x - mean) / std)
-    y = torch.from_numpy(np.asarray(train_y, dtype=np.float64))
+    x = (train_x - mean) / std
+    y = np.asarray(train_y, dtype=np.float64)
     fold = np.random.default_rng(seed).permutation(n) % folds
     out_of_fold = np.zeros((len(l2_grid),) + tuple(y.shape))
     for g, l2 in enumerate(tqdm(l2_grid, desc="Cross-validating the probe", unit="penalty")):
@@ -281,19 +288,19 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
             weights, bias = fit_logistic(x[~held], y[~held], float(l2))
             out_of_fold[g][held] = _predict(x[held], weights, bias)
     eps = 1e-12
-    labels = y.numpy()
+    labels = y
     log_loss = -(labels * np.log(out_of_fold + eps) + (1 - labels) * np.log(1 - out_of_fold + eps)).mean(1)  # (g, k)
     chosen = log_loss.argmin(0)
     l2 = np.asarray(l2_grid, dtype=float)[chosen]
     thresholds, cv_f1 = zip(*(best_f1_threshold(out_of_fold[chosen[j], :, j], labels[:, j] > 0.5)
                               for j in range(labels.shape[1])))
-    weights, bias = fit_logistic(x, y, torch.from_numpy(l2))
+    weights, bias = fit_logistic(x, y, l2)
     return {"mean": mean, "std": std, "weights": weights, "bias": bias, "l2": l2,
             "threshold": np.asarray(thresholds), "cv_f1": np.asarray(cv_f1)}
 
 
 def _probe_scores(probe: dict, x: np.ndarray) -> np.ndarray:
-    return _predict(torch.from_numpy((x - probe["mean"]) / probe["std"]), probe["weights"], probe["bias"])
+    return _predict((x - probe["mean"]) / probe["std"], probe["weights"], probe["bias"])
 
 
 # ------------------------------------------------------------------------------------------------------- labels
@@ -347,24 +354,17 @@ def _read_prediction_rows(path: str | os.PathLike, ids: Sequence[str]) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------------- the probe
-def _load_rows(data, splits, dataset_format="auto", image_root=None, image_column="image", report_column="report",
-               split_column=None, chexpert_column=None, section="both", clean=None, on_bad_rows="raise",
-               allow_outside_image_root=False) -> dict[str, list[dict]]:
+def _load_rows(data_args, splits, chexpert_column: str | None = None) -> dict[str, list[dict]]:
     if chexpert_column is not None:
-        # load_splits does not route a labels column; a HF dataset is what can have one under any name.
-        if dataset_format == "annotation" or (Path(data) / "annotation.json").is_file() or Path(data).name == \
-                "annotation.json":
+        # DataArguments has no labels column (train and evaluate read none): a HF dataset names it here.
+        path = Path(data_args.dataset_path)
+        if data_args.dataset_format == "annotation" or path.name == "annotation.json" or \
+                (path / "annotation.json").is_file():
             raise ValueError("chexpert_column is for Hugging Face datasets; an annotation.json carries its labels "
                              "in each entry's 'chexpert' key.")
-        dataset = load_hf_dataset(str(data), image_column=image_column, report_column=report_column,
-                                  split_column=split_column, chexpert_column=chexpert_column, splits=splits,
-                                  section=section, clean=clean, on_error=on_bad_rows, image_root=image_root,
-                                  allow_outside_root=allow_outside_image_root)
+        dataset = load_hf_dataset(data_args, chexpert_column=chexpert_column, splits=splits)
     else:
-        dataset = load_splits(data, splits=splits, dataset_format=dataset_format, image_root=image_root, clean=clean,
-                              on_error=on_bad_rows, section=section, image_column=image_column,
-                              report_column=report_column, split_column=split_column,
-                              allow_outside_root=allow_outside_image_root)
+        dataset = load_splits(data_args, splits=splits)
     return {split: list(dataset[split_key(split)]) for split in splits}
 
 
@@ -380,15 +380,15 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
               feature_cache_dir: str | os.PathLike | None = None, pooling: str = "auto", labels_from: str = "auto",
               labeler="rule", labeler_kwargs: dict | None = None, max_train_studies: int | None = None,
               max_studies: int | None = None, l2_grid: Sequence[float] = DEFAULT_L2_GRID, folds: int = 3,
-              batch_size: int = 32, generation_kwargs: dict | None = None, device: str | None = None, seed: int = 0,
-              data_kwargs: dict | None = None, plot: bool = True) -> dict:
+              batch_size: int = 32, generation_kwargs: dict | None = None, generation_batch_size: int = 8,
+              device: str | None = None, seed: int = 0, chexpert_column: str | None = None, plot: bool = True) -> dict:
     """
     Probe a model's frozen encoder per CheXpert observation and compare it with the report model on the same studies.
 
     Args:
         model (`str`, `Path` or a loaded model): A trained folder (stage output, `model/`, export) or a loaded
             [`RRGForConditionalGeneration`] (then pass `processor`).
-        data (`str` or `Path`): Anything `rrg train` reads (annotation.json, a folder holding one, a HF dataset).
+        data ([`DataArguments`], `str` or `Path`): The data, as every command reads it (a path: its defaults).
         output_dir (`str` or `Path`): Where `probe.json`, `probe.md`, `probe.png` (and generated predictions) go.
         processor ([`RRGProcessor`], *optional*): The processor of a loaded `model`.
         split (`str`, *optional*, defaults to `"test"`): Split the probe and the report model are scored on.
@@ -404,13 +404,13 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
             the data has no labels); a name for [`get_labeler`] (with `labeler_kwargs`) or an object.
         max_train_studies / max_studies (`int`, *optional*): Seeded random subsets of the two splits.
         l2_grid, folds: See [`fit_probe`].
-        batch_size (`int`, *optional*, defaults to 32): Images per encoder call and studies per `generate` call.
+        batch_size (`int`, *optional*, defaults to 32): Images per encoder call.
         generation_kwargs (`dict`, *optional*): Passed to `generate` when the reports are generated here.
+        generation_batch_size (`int`, *optional*, defaults to 8): Studies per `generate` call.
         device (`str`, *optional*): Where a model loaded from a folder goes (default: cuda if available).
         seed (`int`, *optional*): Seed of the subsets and the folds.
-        data_kwargs (`dict`, *optional*): Loader options: `dataset_format`, `image_root`, `image_column`,
-            `report_column`, `split_column`, `chexpert_column`, `section`, `clean`, `on_bad_rows`,
-            `allow_outside_image_root`.
+        chexpert_column (`str`, *optional*): A HF dataset's column of CheXpert labels (dict or JSON), the ground
+            truth (an annotation.json carries them in each entry).
         plot (`bool`, *optional*): Write `probe.png`.
 
     Returns:
@@ -423,7 +423,7 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
     output_dir = Path(output_dir)
     model_name = None
     if isinstance(model, (str, os.PathLike)):
-        from ..sft.loading import load_trained, resolve_model_dir
+        from ..model_io import load_trained, resolve_model_dir
 
         model_name = str(resolve_model_dir(model))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -436,7 +436,8 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
         raise ValueError(f"The probe must be fitted and scored on different splits; both are {split!r}.")
 
     pooling = resolve_pooling(model, pooling)
-    rows = _load_rows(data, [train_split, split], **(data_kwargs or {}))
+    data_args = data if isinstance(data, DataArguments) else DataArguments(dataset_path=str(data))
+    rows = _load_rows(data_args, [train_split, split], chexpert_column=chexpert_column)
     train_rows = _subsample(rows[train_split], max_train_studies, seed)
     test_rows = _subsample(rows[split], max_studies, seed)
     train_labels, label_source = _label_rows(train_rows, labels_from, labeler, train_split)
@@ -467,7 +468,7 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
     report_counts = None
     if report:
         if reports is None:
-            reports = _generate(model, processor, test_rows, output_dir, batch_size, generation_kwargs)
+            reports = _generate(model, processor, test_rows, output_dir, generation_batch_size, generation_kwargs)
         # One counting of true / false positives for rrg: the evaluation code's (only label 1 is positive).
         report_counts = ce_counts(labeler.label_batch(reports), test_labels)["negative"].sum(0)  # (3, 14)
 
@@ -497,7 +498,7 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
 
     summary = _summary_rows(predicted, test_y, report_counts)
     meta = {
-        "model": model_name, "data": str(data), "split": split, "train_split": train_split,
+        "model": model_name, "data": str(data_args.dataset_path), "split": split, "train_split": train_split,
         "num_train_studies": len(train_rows), "num_studies": len(test_rows), "labels": label_source,
         "labeler": labeler.name, "pooling": pooling, "feature_dim": int(train_x.shape[1]),
         "vision_feature_layer": model.config.vision_feature_layer,
@@ -633,10 +634,11 @@ def plot_probe(result: dict, path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------------------- CLI
 @dataclass
 class ProbeArguments:
-    """Fields of `rrg probe` (command line or `--config probe.yaml`)."""
+    """The fields of `rrg probe` that belong to this command alone (the data comes from [`DataArguments`], the
+    generation of missing reports from [`GenerationArguments`], the groups `rrg evaluate` reads too)."""
 
-    model: str = field(metadata={"help": "Trained folder (stage output, its model/, or an export)."})
-    dataset_path: str = field(metadata={"help": "annotation.json, a folder holding one, or a Hugging Face dataset."})
+    model_name_or_path: str = field(
+        metadata={"aliases": ["--model"], "help": "Trained folder (stage output, its model/, or an export)."})
     output_dir: str = field(metadata={"help": "Where probe.json, probe.md and probe.png are written."})
     split: str = field(default="test", metadata={"help": "Split the probe and the report model are scored on."})
     train_split: str = field(default="train", metadata={"help": "Split the probe is fitted on."})
@@ -650,62 +652,50 @@ class ProbeArguments:
                                           f"view's projector input has <= {AUTO_FLAT_LIMIT} numbers, else mean)."})
     labels_from: str = field(
         default="auto", metadata={"help": "auto | dataset | labeler (label the reference reports)."})
+    chexpert_column: str | None = field(
+        default=None, metadata={"help": "HF datasets: column of CheXpert labels (dict or JSON) used as ground truth."})
     labeler: str = field(default="rule", metadata={"help": "rule | chexbert"})
     chexbert_checkpoint: str | None = field(default=None, metadata={"help": "chexbert.pth (never downloaded)."})
     chexbert_tokenizer: str | None = field(default=None, metadata={"help": "Local bert-base-uncased tokenizer."})
     max_train_studies: int | None = field(default=None, metadata={"help": "Random subset of the training split."})
     max_studies: int | None = field(default=None, metadata={"help": "Random subset of the scored split."})
     folds: int = field(default=3, metadata={"help": "Cross-validation folds choosing penalty and threshold."})
-    batch_size: int = field(default=32)
-    max_new_tokens: int = field(default=128, metadata={"help": "When generating the reports (greedy)."})
-    num_beams: int = field(default=1)
+    encoder_batch_size: int = field(default=32, metadata={"help": "Images per encoder call."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
     seed: int = field(default=0)
-    # Data fields (shared ones come from training.arguments.DataArguments once every command parses it).
-    dataset_format: str = field(default="auto", metadata={"help": "auto | annotation | hf"})
-    image_root: str | None = field(default=None, metadata={"help": "Folder the image paths are relative to."})
-    image_column: str = field(default="image", metadata={"help": "HF datasets: image (or image list) column."})
-    report_column: str = field(default="report", metadata={"help": "HF datasets: report column."})
-    split_column: str | None = field(default=None, metadata={"help": "HF datasets: column holding the split name."})
-    chexpert_column: str | None = field(
-        default=None, metadata={"help": "HF datasets: column of CheXpert labels (dict or JSON) used as ground truth."})
-    report_section: str = field(default="both", metadata={"help": "findings | impression | both"})
-    clean_reports: str | None = field(default=None, metadata={"help": "R2Gen-style cleaning: mimic | iu | none"})
-    on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip"})
-    allow_outside_image_root: bool = field(default=False)
 
     def __post_init__(self):
         if self.pooling not in ("auto",) + POOLINGS:
             raise ValueError(f"--pooling must be auto or one of {', '.join(POOLINGS)}; got {self.pooling!r}.")
         if self.labels_from not in ("auto", "dataset", "labeler"):
             raise ValueError(f"--labels_from must be auto, dataset or labeler; got {self.labels_from!r}.")
+        if self.labeler not in ("rule", "chexbert"):
+            raise ValueError(f"--labeler must be rule or chexbert; got {self.labeler!r}.")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> ProbeArguments:
-    from trl import TrlParser
-
-    parser = TrlParser((ProbeArguments,), prog="rrg probe", description=__doc__.split("\n\n")[1])
-    (args,) = parser.parse_args_and_config(args=list(sys.argv[1:] if argv is None else argv))
-    return args
+def parse_args(argv: Sequence[str] | None = None) -> tuple:
+    """`rrg probe`'s flags (and `--config FILE.yaml`) as `(ProbeArguments, DataArguments, GenerationArguments)`."""
+    return parse_command("probe", (ProbeArguments, DataArguments, GenerationArguments), argv,
+                         description=__doc__.split("\n\n")[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `rrg probe`; returns the process exit code."""
-    a = parse_args(argv)
+    a, data_args, generation_args = parse_args(argv)
+    if data_args.dataset_path is None:
+        raise ValueError("rrg probe needs --dataset_path (or --data): an annotation.json, a folder holding one, or a "
+                         "HF dataset.")
     labeler_kwargs = {}
     if a.labeler == "chexbert":
         labeler_kwargs = {"checkpoint_path": a.chexbert_checkpoint, "tokenizer_name_or_path": a.chexbert_tokenizer}
     result = run_probe(
-        a.model, a.dataset_path, a.output_dir, split=a.split, train_split=a.train_split, predictions=a.predictions,
-        report=not a.no_report, feature_cache_dir=a.feature_cache_dir, pooling=a.pooling, labels_from=a.labels_from,
-        labeler=a.labeler, labeler_kwargs=labeler_kwargs, max_train_studies=a.max_train_studies,
-        max_studies=a.max_studies, folds=a.folds, batch_size=a.batch_size, device=a.device, seed=a.seed,
-        generation_kwargs={"max_new_tokens": a.max_new_tokens, "num_beams": a.num_beams},
-        data_kwargs={"dataset_format": a.dataset_format, "image_root": a.image_root, "image_column": a.image_column,
-                     "report_column": a.report_column, "split_column": a.split_column,
-                     "chexpert_column": a.chexpert_column, "section": a.report_section,
-                     "clean": None if a.clean_reports in (None, "none") else a.clean_reports,
-                     "on_bad_rows": a.on_bad_rows, "allow_outside_image_root": a.allow_outside_image_root},
+        a.model_name_or_path, data_args, a.output_dir, split=a.split, train_split=a.train_split,
+        predictions=a.predictions, report=not a.no_report, feature_cache_dir=a.feature_cache_dir, pooling=a.pooling,
+        labels_from=a.labels_from, labeler=a.labeler, labeler_kwargs=labeler_kwargs,
+        max_train_studies=a.max_train_studies, max_studies=a.max_studies, folds=a.folds,
+        batch_size=a.encoder_batch_size, generation_kwargs=generation_args.to_generation_kwargs(),
+        generation_batch_size=generation_args.batch_size, device=a.device, seed=a.seed,
+        chexpert_column=a.chexpert_column,
     )
     sys.stdout.write(probe_markdown(result))
     return 0
