@@ -560,6 +560,8 @@ def _micro_macro(tp, fp, fn) -> dict:
 def _cell(value, digits: int = 3) -> str:
     if value is None:
         return "—"
+    if isinstance(value, float) and abs(value) < 0.5 * 10**-digits:
+        value = 0.0  # no "-0.000"
     return f"{value:+.{digits}f}" if isinstance(value, float) and value < 0 else (
         f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
@@ -627,7 +629,7 @@ def plot_probe(result: dict, path: str | os.PathLike) -> Path:
     meta = result["meta"]
     ax.set_title(f"Reading ceiling: linear probe on the frozen encoder ({meta['pooling']} features) vs the report "
                  f"model, {meta['num_studies']} {meta['split']} studies")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the bars reach the top
     return save_figure(fig, path)
 
 
