@@ -8,6 +8,7 @@ rrg evaluate  --model DIR --data DATA --output-dir DIR      generate + BLEU/METE
 rrg compare   A/predictions.jsonl B/predictions.jsonl       paired bootstrap: B - A per metric, CI, p-value
 rrg rexrank-submit --model DIR --input_json_file F --save_json_file F --img_root_dir DIR   ReXrank submission
 rrg analyze   --model DIR --data DATA --output-dir DIR      soft-prompt and attention analyses
+rrg probe     --model DIR --dataset_path DATA --output_dir DIR   linear probe per finding on the encoder vs the report model
 rrg export    MODEL_DIR --output-dir DIR [--metrics EVAL]   Hub-ready folder (merged, remote code, model card)
 rrg push      FOLDER --repo-id ORG/NAME [--private] [--dry-run]   upload to the Hugging Face Hub
 rrg plan      --config RECIPE.yaml [--gpu a100 --mfu 0.4]   parameters, FLOPs, memory and GPU-hours of a GPU recipe
@@ -43,6 +44,7 @@ COMMANDS = {
                        "Generate a ReXrank submission (inference.py form: --input_json_file --save_json_file --img_root_dir)."),
     "compare": ("training.evaluation.compare", "main", "Paired bootstrap test between two prediction files of the same studies."),
     "analyze": ("training.analysis.report", "main", "Soft visual prompt and attention analyses (the paper's section 4)."),
+    "probe": ("training.analysis.probe", "main", "Reading ceiling: a linear probe per finding on the frozen encoder vs the report model."),
     "export": ("training.release.export", "export_main", "Make a Hub-ready folder from a trained one."),
     "push": ("training.release.push", "push_main", "Upload an exported folder to the Hugging Face Hub."),
     "plan": ("training.sft.plan", "main", "Estimate a GPU recipe's parameters, FLOPs, memory and GPU-hours (meta device)."),
