@@ -319,3 +319,23 @@ def test_ddp_equals_one_process(workspace, stage2, tmp_path):
     assert any(not torch.allclose(a[k], start[k], atol=1e-4) for k in a if k in start)  # training moved them
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+def test_radgraph_reward_is_the_registry_radgraph_score(tmp_path):
+    """The radgraph reward of each completion is the registry's per-report RadGraph-F1 (model type from the folder)."""
+    pytest.importorskip("radeval", reason="RadEval's vendored radgraph (pip install --no-deps radeval==2.2.1)")
+    from training.evaluation.metrics.registry import per_report_scores
+    from training.rl.rewards import build_rewards
+    from training.sandbox.tiny_scorers import save_tiny_radgraph
+
+    references = ["Small left pleural effusion. The heart is normal in size.",
+                  "Mild cardiomegaly with small bilateral pleural effusions.", "No pneumothorax."]
+    completions = ["Small left pleural effusion.", "Heart size normal. Lungs are clear.", "No pneumothorax."]
+    model_dir, encoder_dir = save_tiny_radgraph(tmp_path / "released", references + completions)
+    (reward,) = build_rewards(["radgraph"], {"radgraph": {"radgraph_model": str(model_dir),
+                                                          "radgraph_encoder": str(encoder_dir)}})
+    scores = reward(completions=completions, report=references)
+    expected = per_report_scores("RadGraph-F1-partial/radgraph", completions, references,
+                                 radgraph_model=str(model_dir), radgraph_encoder=str(encoder_dir))
+    assert scores == pytest.approx(list(expected), abs=1e-9)
+    assert reward.metric == "RadGraph-F1-partial/radgraph"

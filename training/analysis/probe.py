@@ -416,7 +416,7 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
     Returns:
         `dict`: what `probe.json` holds (`observations` per label, `summary` micro / macro rows, `meta`).
     """
-    from ..evaluation.ce_variants import ce_counts
+    from ..evaluation.metrics.clinical import ce_counts
     from ..evaluation.labeler import get_labeler
 
     started = time.perf_counter()

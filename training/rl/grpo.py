@@ -79,6 +79,9 @@ class RRGRewardArguments:
     reward_bleu_order: int = field(default=4, metadata={"help": "bleu: BLEU-1..4."})
     reward_clean: str = field(default="mimic", metadata={"help": "bleu / rouge_l text cleaning: mimic | iu | none."})
     reward_radgraph_model: str | None = field(default=None, metadata={"help": "radgraph: local RadGraph model folder."})
+    reward_radgraph_encoder: str | None = field(
+        default=None, metadata={"help": "radgraph: local folder of the encoder config + tokenizer the model's config names."}
+    )
     seeded_generation: bool = field(
         default=True,
         metadata={"help": "Sample each study's completions under a seed from (seed, step, study id): resume and "
@@ -103,7 +106,8 @@ def reward_settings(reward_args: RRGRewardArguments, eos_token_ids) -> dict[str,
         "bleu": dict(order=reward_args.reward_bleu_order, clean=clean),
         "rouge_l": dict(clean=clean),
         "length": dict(eos_token_ids=list(eos_token_ids)),
-        "radgraph": dict(radgraph_model=reward_args.reward_radgraph_model),
+        "radgraph": dict(radgraph_model=reward_args.reward_radgraph_model,
+                         radgraph_encoder=reward_args.reward_radgraph_encoder),
     }
     return {name: every[name] for name in reward_args.reward_funcs if name in every}
 

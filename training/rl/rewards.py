@@ -250,13 +250,20 @@ class LengthReward(_Reward):
 
 
 class RadGraphReward(_Reward):
-    """RadGraph-F1 per report (`partial`, RG_ER, by default) with a local RadGraph model folder."""
+    """RadGraph-F1 per report (`partial`, RG_ER, by default) with a local RadGraph model folder; the registry's
+    `RadGraph-F1-<level>/<model type>` (the model type read from the folder's vocabulary)."""
 
     name = "radgraph"
 
-    def __init__(self, radgraph_model=None, level: str = "partial", reference_column: str = "report"):
+    def __init__(self, radgraph_model=None, level: str = "partial", reference_column: str = "report",
+                 radgraph_encoder=None):
         super().__init__(reference_column)
-        from ..evaluation.radgraph_f1 import RADGRAPH_LEVELS, check_radgraph_folder
+        from ..evaluation.metrics.radgraph import (
+            RADGRAPH_LEVELS,
+            check_radgraph_folder,
+            radgraph_metric_name,
+            radgraph_model_type,
+        )
 
         if radgraph_model is None:
             raise ValueError("The radgraph reward needs a RadGraph model folder: set reward_radgraph_model to a "
@@ -264,10 +271,12 @@ class RadGraphReward(_Reward):
         if level not in RADGRAPH_LEVELS:
             raise ValueError(f"radgraph level must be one of {RADGRAPH_LEVELS}, got {level!r}.")
         self.radgraph_model, self.level = str(check_radgraph_folder(radgraph_model)), level
+        self.radgraph_encoder = radgraph_encoder
+        self.metric = radgraph_metric_name(level, radgraph_model_type(self.radgraph_model))
 
     def score(self, predictions, references, **kwargs) -> np.ndarray:
-        return _registry_scores(f"RadGraph-F1-{self.level}", predictions, references,
-                                radgraph_model=self.radgraph_model)
+        return _registry_scores(self.metric, predictions, references, radgraph_model=self.radgraph_model,
+                                radgraph_encoder=self.radgraph_encoder)
 
 
 REWARDS: dict[str, type[_Reward]] = {
