@@ -70,6 +70,7 @@ lint: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/run.py --output benchmarks/results/self.md
 	$(PY) benchmarks/sidebyside.py --json benchmarks/results/sidebyside.json --plot benchmarks/results/sidebyside.png
+	$(PY) benchmarks/grpo_sidebyside.py --shapes demo encoder_heavy --json benchmarks/results/grpo_sidebyside.json
 	$(PY) benchmarks/epoch.py --json benchmarks/results/epoch.json
 	$(PY) benchmarks/padding.py --batch-size 8 --studies 256 --rounds 3 --json benchmarks/results/padding.json
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json --plot benchmarks/results/scaling.png

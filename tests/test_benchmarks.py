@@ -34,6 +34,20 @@ def test_sidebyside_smallest(tmp_path):
 
 
 @pytest.mark.slow
+def test_grpo_sidebyside_smallest(tmp_path):
+    out = _run(["benchmarks/grpo_sidebyside.py", "--smoke", "--rounds", "1", "--steps", "2", "--num-generations", "2",
+                "--completion-length", "3", "--json", str(tmp_path / "g.json")], tmp_path)
+    [result] = json.loads((tmp_path / "g.json").read_text())
+    assert result["shape"] == "demo-smoke"
+    assert result["logit_max_abs_diff"] == 0.0  # same weights, same logits
+    assert result["prompt_tokens"] > 0 and result["generated_tokens_per_step"] == result["rows_per_step"] * 3
+    for key in ("step", "step_cpu", "generation", "rest", "step_batched", "generation_batched"):
+        assert result[key]["min"] <= result[key]["median"] <= result[key]["max"]
+    assert all(0 < result["generation_share"][name] < 1 for name in ("rrg", "rrg_batched", "llava"))
+    assert "GRPO optimizer step" in out
+
+
+@pytest.mark.slow
 def test_epoch_benchmark_smallest(tmp_path):
     out = _run(["benchmarks/epoch.py", "--studies", "2", "--width", "64", "--height", "80", "--batch-size", "2",
                 "--json", str(tmp_path / "e.json")], tmp_path)
