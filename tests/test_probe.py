@@ -301,9 +301,8 @@ def _write_predictions(path, rows, texts):
 @pytest.mark.slow
 def test_report_f1_is_the_evaluation_ce(encoder, small_bench, tmp_path):
     """Report F1 per observation equals what rrg evaluate's clinical efficacy computes on the same labels."""
-    from training.evaluation.metrics.clinical import compute_ce_variants
     from training.evaluation.labeler import RuleBasedLabeler
-    from training.evaluation.metrics.clinical import compute_clinical_efficacy
+    from training.evaluation.metrics.clinical import compute_ce_variants, compute_clinical_efficacy
 
     model, processor = encoder
     rows = json.loads((small_bench / "annotation.json").read_text())["test"]

@@ -416,8 +416,8 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
     Returns:
         `dict`: what `probe.json` holds (`observations` per label, `summary` micro / macro rows, `meta`).
     """
-    from ..evaluation.metrics.clinical import ce_counts
     from ..evaluation.labeler import get_labeler
+    from ..evaluation.metrics.clinical import ce_counts
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
