@@ -86,9 +86,10 @@ def test_evaluate_reads_a_config_and_the_old_flags(tmp_path):
     assert generation.to_generation_kwargs() == {"num_beams": 4, "max_new_tokens": 128, "repetition_penalty": 1.0,
                                                  "do_sample": False}
     assert (scoring.replicates, scoring.meteor, scoring.clean) == (20, False, None)
-    # Every scorer setting reaches score_reports under its own name (the labeler is built from its own fields).
+    # Every scorer setting reaches score_reports under its own name (the labeler object is built from `labeler` and
+    # the CheXbert paths, which also reach the scorer for ReXrank's SembScore; saved graphs are read by evaluate()).
     assert scoring.score_kwargs() == {k: v for k, v in vars(scoring).items() if k not in (
-        "labeler", "chexbert_checkpoint", "chexbert_tokenizer", "radgraph_annotations")}
+        "labeler", "radgraph_annotations")}
     with pytest.raises(ValueError, match="not_a_flag.*rrg evaluate --help"):
         evaluate_args(["--model", "m", "--output-dir", "o", "--not_a_flag", "1"])
     with pytest.raises(ValueError, match=r"on_bad_rows \(--on_bad_rows\) must be one of raise, skip"):
