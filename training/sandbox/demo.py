@@ -40,8 +40,8 @@ class DemoConfig:
     num_train: int = 2400
     num_val: int = 100
     num_test: int = 200
-    image_size: int = 64
-    patch_size: int = 16
+    image_size: int = 96  # findings are drawn to be visible at 96 px (a nodule, a rib fracture, a line)
+    patch_size: int = 16  # 6 x 6 = 36 patch tokens per view
     vision_hidden: int = 96
     vision_layers: int = 3
     text_hidden: int = 96
@@ -49,10 +49,13 @@ class DemoConfig:
     heads: int = 4
     vocab_size: int = 600
     lm_steps: int = 300
-    vit_epochs: int = 25
+    vit_epochs: int = 8
+    vit_learning_rate: float = 1e-3
+    vit_batch_size: int = 16  # small batches: more steps in the same time, which is what a small ViT needs
+    dense_targets: bool = True  # per-patch targets (where each finding is drawn), besides the study-level ones
     stage1_epochs: float = 1
     stage2_epochs: float = 6
-    num_visual_tokens: int | None = None  # 16 patch tokens per view (64 px / 16 px patches)
+    num_visual_tokens: int | None = None  # every patch token
     eval_batch_size: int = 32
     max_new_tokens: int = 96
     seed: int = 0
@@ -60,12 +63,12 @@ class DemoConfig:
     @classmethod
     def small(cls) -> "DemoConfig":
         """A few-minute version that still learns to read the images (used by the end-to-end learning test)."""
-        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=20, stage1_epochs=1,
+        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=6, stage1_epochs=1,
                    stage2_epochs=5, max_new_tokens=80)
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(num_train=96, num_val=8, num_test=16, vision_hidden=32, vision_layers=2, text_hidden=32,
+        return cls(num_train=96, num_val=8, num_test=16, image_size=64, vision_hidden=32, vision_layers=2, text_hidden=32,
                    text_layers=2, heads=2, vocab_size=400, lm_steps=20, vit_epochs=1, stage1_epochs=1,
                    stage2_epochs=1, eval_batch_size=16, max_new_tokens=24)
 
@@ -90,7 +93,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
 
     from ..evaluation.evaluator import evaluate
     from ..sft.train import parse_args, train
-    from .pretrain import finding_targets, pretrain_language_model, pretrain_vision_encoder
+    from .pretrain import finding_patch_targets, finding_targets, pretrain_language_model, pretrain_vision_encoder
     from .synthetic import generate_synthetic_dataset
     from .tiny import tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
 
@@ -125,8 +128,12 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                                                num_heads=config.heads)
             paths = [str(data / "images" / r["image_path"][0]) for r in train_rows]
             targets = [finding_targets(r["findings"]) for r in train_rows]
+            patch_targets = (finding_patch_targets(train_rows, config.seed, config.image_size // config.patch_size)
+                             if config.dense_targets else None)
             pretrain_vision_encoder(paths, targets, vision_config, tiny_image_processor(config.image_size),
-                                    vision_dir, epochs=config.vit_epochs, seed=config.seed)
+                                    vision_dir, epochs=config.vit_epochs, batch_size=config.vit_batch_size,
+                                    learning_rate=config.vit_learning_rate,
+                                    seed=config.seed, patch_targets=patch_targets)
 
     pooling = ["--num_visual_tokens", str(config.num_visual_tokens)] if config.num_visual_tokens else []
     common = ["--dataset_path", str(data), "--feature_cache_dir", str(out / "features"), *pooling, "--use_cpu", "true",
