@@ -40,8 +40,8 @@ class DemoConfig:
     num_train: int = 2400
     num_val: int = 100
     num_test: int = 200
-    image_size: int = 96  # findings are drawn to be visible at 96 px (a nodule, a rib fracture, a line)
-    patch_size: int = 16  # 6 x 6 = 36 patch tokens per view
+    image_size: int = 64
+    patch_size: int = 16  # 4 x 4 = 16 patch tokens per view
     vision_hidden: int = 96
     vision_layers: int = 3
     text_hidden: int = 96
@@ -49,9 +49,9 @@ class DemoConfig:
     heads: int = 4
     vocab_size: int = 600
     lm_steps: int = 300
-    vit_epochs: int = 8
+    vit_epochs: int = 16
     vit_learning_rate: float = 1e-3
-    vit_batch_size: int = 16  # small batches: more steps in the same time, which is what a small ViT needs
+    vit_batch_size: int = 32  # more, smaller steps than 64 in the same time: what a small ViT from scratch needs
     dense_targets: bool = True  # per-patch targets (where each finding is drawn), besides the study-level ones
     stage1_epochs: float = 1
     stage2_epochs: float = 6
@@ -63,12 +63,12 @@ class DemoConfig:
     @classmethod
     def small(cls) -> "DemoConfig":
         """A few-minute version that still learns to read the images (used by the end-to-end learning test)."""
-        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=6, stage1_epochs=1,
+        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=10, stage1_epochs=1,
                    stage2_epochs=5, max_new_tokens=80)
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(num_train=96, num_val=8, num_test=16, image_size=64, vision_hidden=32, vision_layers=2, text_hidden=32,
+        return cls(num_train=96, num_val=8, num_test=16, vision_hidden=32, vision_layers=2, text_hidden=32,
                    text_layers=2, heads=2, vocab_size=400, lm_steps=20, vit_epochs=1, stage1_epochs=1,
                    stage2_epochs=1, eval_batch_size=16, max_new_tokens=24)
 
