@@ -66,3 +66,40 @@ def test_model_reads_the_images(demo):
     assert summary["test"]["stage2_true_images"]["BLEU-1"] > 0.3
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["clinical_efficacy"]["labeler"] == "rrg-rule-based-v1"
+
+
+def test_dense_targets_name_each_finding_where_it_is_drawn(tmp_path):
+    """finding_patch_targets: every target name of a finding gets that finding's cells; bad dense targets are refused."""
+    import numpy as np
+
+    from training.sandbox.pretrain import finding_patch_targets, finding_targets, pretrain_vision_encoder
+    from training.sandbox.synthetic import finding_maps, generate_synthetic_dataset
+    from training.sandbox.tiny import tiny_image_processor, tiny_vision_config
+
+    out = generate_synthetic_dataset(tmp_path / "d", num_train=12, num_val=0, num_test=0, image_size=32, seed=1,
+                                     num_workers=1)
+    rows = json.loads((out / "annotation.json").read_text())["train"]
+    dense = finding_patch_targets(rows, seed=1, grid=4, num_workers=1)
+    assert len(dense) == len(rows)
+    for row, targets in zip(rows, dense):
+        assert set(targets) == finding_targets(row["findings"])
+        maps = finding_maps(1, row["id"], row["findings"], grid=4)
+        for finding, cells in zip(row["findings"], maps):
+            for name in finding_targets([finding]):
+                assert (targets[name] >= cells).all()  # OR over the findings that share a name
+        for name, cells in targets.items():
+            owners = [c for f, c in zip(row["findings"], maps) if name in finding_targets([f])]
+            np.testing.assert_array_equal(cells, np.any(owners, axis=0))
+    paths = [str(out / "images" / r["image_path"][0]) for r in rows]
+    targets = [finding_targets(r["findings"]) for r in rows]
+    config = tiny_vision_config("vit", image_size=32, patch_size=8, hidden_size=16, num_layers=1, num_heads=2)
+    bad = [{name: cells[:2] for name, cells in t.items()} for t in dense]
+    with pytest.raises(ValueError, match=r"expected \(4, 4\)"):
+        pretrain_vision_encoder(paths, targets, config, tiny_image_processor(32), tmp_path / "v", epochs=1,
+                                patch_targets=bad if any(bad) else [{"cardiomegaly": np.zeros((2, 2), bool)}] * 12)
+    with pytest.raises(ValueError, match="one per example"):
+        pretrain_vision_encoder(paths, targets, config, tiny_image_processor(32), tmp_path / "v", epochs=1,
+                                patch_targets=dense[:3])
+    pretrain_vision_encoder(paths, targets, config, tiny_image_processor(32), tmp_path / "v", epochs=1,
+                            patch_targets=dense)
+    assert (tmp_path / "v" / "config.json").exists()

@@ -10,6 +10,7 @@ import pytest
 from training.data.chexpert import CHEXPERT_OBSERVATIONS, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
 from training.sandbox.synthetic import (
     FINDING_NAMES,
+    finding_maps,
     generate_study,
     generate_synthetic_dataset,
     main,
@@ -47,9 +48,11 @@ def test_same_seed_is_byte_identical_whatever_the_workers(tmp_path):
 # The benchmark every number in README/BENCHMARKS.md was measured on: seed 0 as generated before the package was split
 # into findings / render / report + phrases.json / dataset (issue 12). The reports and labels must stay byte for byte;
 # the pixels are compared by their sum, within a hair, so that a last-ulp difference of numpy's vectorised exp on
-# another CPU cannot fail it while any change to the rendering does.
+# another CPU cannot fail it while any change to the rendering does. The pixel sum was re-pinned on purpose for
+# issue 21 (findings drawn to be visible at the demo's resolution: wider lines, denser fractures, larger nodules,
+# thick vs thin atelectasis, dense vs hazy opacities, lobar pneumonia); the reports and labels did not change.
 PINNED_ANNOTATION_SHA256 = "b2032a6e7298fdedd05852ef857858531491f0d1cb8d7a4e5325a5b318a8f0a4"
-PINNED_PIXEL_SUM, PINNED_PIXELS = 154_622_697, 1_310_720
+PINNED_PIXEL_SUM, PINNED_PIXELS = 154_691_249, 1_310_720
 
 
 def test_the_generated_benchmark_is_pinned(tmp_path):
@@ -223,6 +226,45 @@ def test_every_finding_changes_the_image_and_lateral_view(finding):
         return  # rib fractures are not drawn on the lateral view
     assert diff.sum() > 300
     assert np.abs(img[1].astype(int) - base[1]).sum() > 100
+
+
+def test_finding_maps_locate_each_finding_in_the_stored_image(tmp_path):
+    """Each map is where that finding is drawn: on the named side, and the maps together explain the image."""
+    from PIL import Image
+
+    out = generate_synthetic_dataset(tmp_path / "d", num_train=40, num_val=0, num_test=0, image_size=48, seed=3,
+                                     num_workers=1)
+    rows = json.loads((out / "annotation.json").read_text())["train"]
+    checked = 0
+    for row in rows:
+        maps = finding_maps(3, row["id"], row["findings"], grid=6)
+        assert maps.shape == (len(row["findings"]), 6, 6) and maps.dtype == bool
+        # At the stored size, the cells no finding touches are exactly those of the same patient without findings.
+        stored = np.asarray(Image.open(out / "images" / row["image_path"][0]), dtype=np.int16)
+        healthy = finding_maps(3, row["id"], [], grid=6)
+        assert healthy.shape == (0, 6, 6)
+        if not row["findings"]:
+            continue
+        assert maps.any(axis=(1, 2)).all(), row["findings"]  # every finding is drawn somewhere
+        from training.sandbox.synthetic.dataset import _study_rngs
+
+        normal = render_study(_study_rngs(3, "train", int(row["id"].split("_")[1]))[2], [], image_size=48)[0]
+        # (a cell changed by more than 20 has some finding changing it by more than 4: studies have <= 5 findings)
+        faint = finding_maps(3, row["id"], row["findings"], grid=6, threshold=4).any(axis=0)
+        changed = (np.abs(stored - normal.astype(np.int16)) > 20).reshape(6, 8, 6, 8).any(axis=(1, 3))
+        np.testing.assert_array_equal(changed & ~faint, False)
+        for f, cells in zip(row["findings"], maps):
+            if f.get("side") in ("left", "right") and f["name"] not in ("pneumothorax",):
+                # patient's right is the image's left: a one-sided finding stays in its half
+                half = cells[:, 3:] if f["side"] == "right" else cells[:, :3]
+                assert not half.any(), (f, cells)
+                checked += 1
+    assert checked >= 5
+    nodule = [{"name": "nodule", "kind": "nodule", "side": "right", "zone": "upper", "size_cm": 1.0}]
+    [cells] = finding_maps(0, "train_000001", nodule, grid=6)
+    assert 1 <= cells.sum() <= 4 and cells[:3, :3].any()
+    with pytest.raises(ValueError, match="study_id"):
+        finding_maps(0, "study-1", nodule, grid=6)
 
 
 def test_image_is_a_plausible_radiograph():

@@ -52,7 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arguments import DataArguments, GenerationArguments, parse_command
-from ..data.chexpert import CHEXPERT_OBSERVATIONS, POSITIVE
+from ..data.chexpert import CHEXPERT_OBSERVATIONS
 from ..data.loaders import load_hf_dataset, load_splits, split_key
 from ..fileio import write_json_atomic, write_text_atomic
 from .studies import batches, unwrap_model
@@ -305,7 +305,9 @@ def _probe_scores(probe: dict, x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------- labels
 def _positive_matrix(labels: Sequence[dict]) -> np.ndarray:
-    return np.array([[row.get(obs) == POSITIVE for obs in CHEXPERT_OBSERVATIONS] for row in labels], dtype=bool)
+    from ..evaluation.metrics.clinical import positive_matrix
+
+    return positive_matrix(list(labels), policy="negative")  # only label 1 counts, as in rrg's CE
 
 
 def _label_rows(rows: list[dict], labels_from: str, labeler, split: str) -> tuple[list[dict], str]:

@@ -44,7 +44,7 @@ class DemoConfig:
     num_val: int = 100
     num_test: int = 200
     image_size: int = 64
-    patch_size: int = 16
+    patch_size: int = 16  # 4 x 4 = 16 patch tokens per view
     vision_hidden: int = 96
     vision_layers: int = 3
     text_hidden: int = 96
@@ -52,10 +52,13 @@ class DemoConfig:
     heads: int = 4
     vocab_size: int = 600
     lm_steps: int = 300
-    vit_epochs: int = 25
+    vit_epochs: int = 16
+    vit_learning_rate: float = 1e-3
+    vit_batch_size: int = 32  # more, smaller steps than 64 in the same time: what a small ViT from scratch needs
+    dense_targets: bool = True  # per-patch targets (where each finding is drawn), besides the study-level ones
     stage1_epochs: float = 1
     stage2_epochs: float = 6
-    num_visual_tokens: int | None = None  # 16 patch tokens per view (64 px / 16 px patches)
+    num_visual_tokens: int | None = None  # every patch token
     eval_batch_size: int = 32
     max_new_tokens: int = 96
     stage3_steps: int = 60  # GRPO steps of stage 3 (training/rl/recipes/demo_stage3.yaml); 0 skips stage 3
@@ -64,7 +67,7 @@ class DemoConfig:
     @classmethod
     def small(cls) -> "DemoConfig":
         """A few-minute version that still learns to read the images (used by the end-to-end learning test)."""
-        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=20, stage1_epochs=1,
+        return cls(num_train=1200, num_val=16, num_test=100, lm_steps=150, vit_epochs=10, stage1_epochs=1,
                    stage2_epochs=5, max_new_tokens=80, stage3_steps=20)  # stage 3 shortened: a test runs it
 
     @classmethod
@@ -95,7 +98,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
     from ..arguments import GenerationArguments, ScoringArguments
     from ..evaluation.evaluator import evaluate
     from ..sft.train import parse_args, train
-    from .pretrain import finding_targets, pretrain_language_model, pretrain_vision_encoder
+    from .pretrain import finding_patch_targets, finding_targets, pretrain_language_model, pretrain_vision_encoder
     from .synthetic import generate_synthetic_dataset
     from .tiny import tiny_image_processor, tiny_text_config, tiny_vision_config, train_bpe_tokenizer
 
@@ -130,8 +133,12 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                                                num_heads=config.heads)
             paths = [str(data / "images" / r["image_path"][0]) for r in train_rows]
             targets = [finding_targets(r["findings"]) for r in train_rows]
+            patch_targets = (finding_patch_targets(train_rows, config.seed, config.image_size // config.patch_size)
+                             if config.dense_targets else None)
             pretrain_vision_encoder(paths, targets, vision_config, tiny_image_processor(config.image_size),
-                                    vision_dir, epochs=config.vit_epochs, seed=config.seed)
+                                    vision_dir, epochs=config.vit_epochs, batch_size=config.vit_batch_size,
+                                    learning_rate=config.vit_learning_rate,
+                                    seed=config.seed, patch_targets=patch_targets)
 
     pooling = ["--num_visual_tokens", str(config.num_visual_tokens)] if config.num_visual_tokens else []
     common = ["--dataset_path", str(data), "--feature_cache_dir", str(out / "features"), *pooling, "--use_cpu", "true",

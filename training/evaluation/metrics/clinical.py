@@ -36,6 +36,7 @@ __all__ = [
     "PAPER_VARIANTS",
     "CE_METRIC_NAMES",
     "CE_POSITIVE_DEFINITION",
+    "positive_matrix",
     "variant_name",
     "labeler_key",
     "label_reports",
@@ -129,7 +130,9 @@ def label_reports(inputs: Inputs) -> tuple[list[dict], list[dict]]:
     return [cache[p] for p in inputs.predictions], [cache[r] for r in inputs.references]
 
 
-def _positives(labels: list[dict], policy: str) -> np.ndarray:
+def positive_matrix(labels: list[dict], policy: str = "negative") -> np.ndarray:
+    """`(reports, 14)` booleans: which CheXpert observations count as positive in each label dict (label 1; with
+    `policy="positive"` uncertain too) — the one definition CE, the rewards and `rrg probe` share."""
     accepted = (POSITIVE,) if policy == "negative" else (POSITIVE, UNCERTAIN)
     return np.array([[row.get(obs) in accepted for obs in CHEXPERT_OBSERVATIONS] for row in labels], dtype=bool)
 
@@ -144,7 +147,7 @@ def ce_counts(predicted_labels: list[dict], reference_labels: list[dict]) -> dic
         raise ValueError(f"Got {len(predicted_labels)} predicted label rows but {len(reference_labels)} references.")
     counts = {}
     for policy in UNCERTAIN_POLICIES:
-        p, r = _positives(predicted_labels, policy), _positives(reference_labels, policy)
+        p, r = positive_matrix(predicted_labels, policy), positive_matrix(reference_labels, policy)
         counts[policy] = np.stack([p & r, p & ~r, r & ~p], axis=1).astype(np.int8)
     return counts
 

@@ -49,7 +49,7 @@ Usage::
 """
 
 from .cli import main
-from .dataset import generate_study, generate_synthetic_dataset
+from .dataset import finding_maps, generate_study, generate_synthetic_dataset
 from .findings import FINDING_NAMES, sample_findings
 from .render import render_study
 from .report import SyntheticReport, chexpert_labels, write_report
@@ -61,6 +61,7 @@ __all__ = [
     "render_study",
     "write_report",
     "chexpert_labels",
+    "finding_maps",
     "generate_study",
     "generate_synthetic_dataset",
     "main",

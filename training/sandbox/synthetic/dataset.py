@@ -20,7 +20,7 @@ from .findings import sample_findings
 from .render import render_study
 from .report import write_report
 
-__all__ = ["generate_study", "generate_synthetic_dataset"]
+__all__ = ["finding_maps", "generate_study", "generate_synthetic_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,49 @@ _SPLITS = ("train", "val", "test")
 def _save_png(array: np.ndarray, path: Path) -> None:
     # Pillow writes no timestamps into PNGs, so the bytes are a pure function of the pixels.
     Image.fromarray(array, mode="L").save(path, format="PNG", compress_level=6)
+
+
+def _study_rngs(seed: int, split: str, index: int) -> list[np.random.Generator]:
+    """The findings, report and image generators of one study (a pure function of seed, split and index)."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_SPLITS.index(split), int(index)))
+    return [np.random.default_rng(s) for s in ss.spawn(3)]
+
+
+def finding_maps(seed: int, study_id: str, findings: list[dict[str, Any]], grid: int, image_size: int = 48,
+                 threshold: int = 10) -> np.ndarray:
+    """
+    Where each finding of a generated study is drawn on its frontal view: a `(len(findings), grid, grid)` boolean
+    array, cell `(i, r, c)` true when adding finding `i` changes some pixel of that cell by more than `threshold`.
+
+    The study is re-rendered (at `image_size`, small for speed) with its findings added one at a time: the renderer
+    draws the same patient for the same seed whatever the findings, so each difference is that finding alone, in
+    place. Used as dense (per-patch) targets when pretraining the demo's vision encoder.
+
+    Args:
+        seed (`int`): Data set seed, as given to [`generate_synthetic_dataset`].
+        study_id (`str`): The study's `id` (`"<split>_<index>"`, as in `annotation.json`).
+        findings (`list[dict]`): The study's ground truth (its `findings` entry), in the stored order.
+        grid (`int`): Cells per side (the encoder's patch grid); `image_size` is rounded up to a multiple of it.
+        image_size (`int`, *optional*, defaults to 48): Side of the re-rendered images (>= 32).
+        threshold (`int`, *optional*, defaults to 10): Grey-level change that counts as drawn.
+    """
+    split, _, index = study_id.rpartition("_")
+    if split not in _SPLITS or not index.isdigit():
+        raise ValueError(f"study_id must look like 'train_000012', got {study_id!r}.")
+    size = max(32, -(-int(image_size) // grid) * grid)
+    cell = size // grid
+    previous = None
+    maps = np.zeros((len(findings), grid, grid), dtype=bool)
+    for i in range(len(findings) + 1 if findings else 0):
+        # A fresh generator per render: each starts from the study's image state.
+        image = render_study(_study_rngs(seed, split, int(index))[2], findings[:i], image_size=size)[0].astype(np.int16)
+        if previous is not None:
+            diff = np.abs(image - previous).reshape(grid, cell, grid, cell).max(axis=(1, 3))
+            maps[i - 1] = diff > threshold
+        previous = image
+    return maps
 
 
 def generate_study(
@@ -56,10 +99,7 @@ def generate_study(
         `tuple[dict, list[np.ndarray]]`: the annotation entry (with `image_path` relative to the
         image root) and the rendered images.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_SPLITS.index(split), int(index)))
-    f_rng, r_rng, i_rng = (np.random.default_rng(s) for s in ss.spawn(3))
+    f_rng, r_rng, i_rng = _study_rngs(seed, split, index)
     findings = sample_findings(f_rng, normal_fraction=normal_fraction)
     report = write_report(findings, r_rng)
     images = render_study(i_rng, findings, image_size=image_size, lateral=lateral)

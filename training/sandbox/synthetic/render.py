@@ -162,14 +162,14 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
     for f in findings:
         if f["name"] == "pneumothorax":
             lx, ly, lw, lh, dia = _lung_geometry(anatomy, f["side"])
-            shrink = {"small": 0.82, "moderate": 0.68, "large": 0.52}[f["severity"]]
+            shrink = {"small": 0.76, "moderate": 0.64, "large": 0.5}[f["severity"]]
             medial = lx * (1 - shrink) * -0.9  # collapse towards the hilum
             collapsed = _lung_mask(cv, lx + medial, ly + lh * (1 - shrink) * 0.5, lw * shrink, lh * shrink, dia - 0.02)
             rim = np.clip(lungs[f["side"]] - collapsed, 0.0, 1.0)
             marking_strength = marking_strength * (1.0 - rim)
-            ptx_extra -= 0.2 * rim
+            ptx_extra -= 0.3 * rim
             edge_band = collapsed * (1.0 - _lung_mask(cv, lx + medial, ly + lh * (1 - shrink) * 0.5, lw * shrink - 0.02, lh * shrink - 0.02, dia - 0.04))
-            ptx_extra += 0.3 * edge_band * lungs[f["side"]]
+            ptx_extra += 0.45 * edge_band * lungs[f["side"]]
             ptx_extra += 0.12 * collapsed * lungs[f["side"]]
     att -= 0.78 * air * (1.0 - marking_strength)
     att += ptx_extra * (1.0 - solid)
@@ -186,6 +186,7 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
     # Ribs: arcs from the spine that rise slightly and fall towards the lateral chest wall.
     fracture = next((f for f in findings if f["name"] == "fracture"), None)
     ribs = np.zeros_like(x)
+    fracture_att = 0.0
     for i in range(_NUM_RIBS):
         y0 = anatomy["rib_top"] + i * anatomy["rib_spacing"]
         for side, sign in (("right", -1.0), ("left", 1.0)):
@@ -194,15 +195,20 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
             extent = _sig((a - 0.07) / cv.edge) * _sig((0.86 - 0.1 * (i < 2) - a) / cv.edge)
             if fracture is not None and fracture["side"] == side and fracture["rib"] - _FIRST_RIB == i:
                 # Displaced fragment with a visible gap; a healed fracture shows callus instead.
+                # Drawn denser than a rib (ribs are faint) so that it shows at the demo's 64 px.
                 af = 0.58
+                y_site = y0 - 0.04 + 0.55 * (af - 0.2) ** 2
                 if fracture["age"] == "acute":
-                    yc = yc + 0.045 * _sig((a - af) / cv.edge)
+                    yc = yc + 0.08 * _sig((a - af) / cv.edge)
                     extent = extent * (1.0 - _sig((0.035 - np.abs(a - af)) / cv.edge))
+                    # The two fragment ends, sclerotic and offset.
+                    fracture_att = 0.6 * (cv.ellipse(sign * (af - 0.05), y_site, 0.045, 0.03)
+                                          + cv.ellipse(sign * (af + 0.06), y_site + 0.08, 0.045, 0.03))
                 else:
-                    ribs += 0.25 * cv.ellipse(sign * af, y0 - 0.04 + 0.55 * (af - 0.2) ** 2, 0.04, 0.035)
+                    fracture_att = 0.6 * cv.ellipse(sign * af, y_site, 0.07, 0.05)
             band = _sig((0.02 - np.abs(y - yc)) / cv.edge)
             ribs += band * extent
-    att += 0.09 * np.clip(ribs, 0.0, 1.5) * body
+    att += 0.09 * np.clip(ribs, 0.0, 1.5) * body + fracture_att
     for sign in (-1.0, 1.0):
         clav = cv.line([(sign * 0.07, -0.66), (sign * 0.35, -0.72), (sign * 0.62, -0.8)], 0.045)
         att += 0.3 * clav
@@ -221,29 +227,36 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
                 att += 0.62 * fluid * (1.0 - 0.5 * heart)
         elif name == "consolidation":
             cx, cy = _zone_centre(anatomy, f["side"], f["zone"])
+            # Consolidation is dense and homogeneous, an opacity hazy and patchy; pneumonia is lobar (wider).
+            lobar = f.get("pneumonia") == "positive"
             blob = np.zeros_like(x)
-            for _ in range(4):
-                bx, by = cx + frng.normal(0, 0.06), cy + frng.normal(0, 0.05)
-                s = frng.uniform(0.07, 0.11)
+            for _ in range(6 if lobar else 4):
+                bx, by = cx + frng.normal(0, 0.1 if lobar else 0.05), cy + frng.normal(0, 0.09 if lobar else 0.04)
+                s = frng.uniform(0.09, 0.12) if lobar else frng.uniform(0.06, 0.09)
                 blob += np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * s * s))
-            blob = np.clip(blob, 0.0, 1.0) * (0.75 + 0.25 * patchy)
-            amp = 0.6 if f["kind"] == "consolidation" else 0.42
+            if f["kind"] == "consolidation":
+                blob, amp = np.clip(blob, 0.0, 1.0) * (0.9 + 0.1 * patchy), 0.75
+            else:
+                blob, amp = np.clip(blob, 0.0, 1.0) * np.clip(0.55 + 0.6 * patchy, 0.0, 1.0), 0.4
             att += amp * blob * lungs[f["side"]]
         elif name == "edema":
-            amp = {"mild": 0.16, "moderate": 0.28, "severe": 0.42}[f["severity"]]
+            amp = {"mild": 0.22, "moderate": 0.32, "severe": 0.44}[f["severity"]]
             haze = np.exp(-(hilum_dist**2) / (2 * 0.22**2)) * (0.8 + 0.3 * markings)
-            att += amp * haze * lung + 0.06 * amp / 0.16 * lung
+            att += amp * haze * lung + 0.3 * amp * lung
         elif name == "atelectasis":
             sides = _SIDES if f["side"] == "bilateral" else (f["side"],)
             for side in sides:
                 lx, ly, lw, lh, dia = _lung_geometry(anatomy, side)
                 by = dia - 0.17 + frng.uniform(-0.02, 0.02)
-                band = cv.ellipse(lx + frng.uniform(-0.05, 0.05), by, lw * 0.55, 0.028, angle=frng.uniform(-0.2, 0.2))
-                att += 0.55 * band * lungs[side]
+                # Atelectasis proper is a thick plate-like band; the hedged "linear opacity" a thin line.
+                thick = f.get("certainty", "positive") == "positive"
+                band = cv.ellipse(lx + frng.uniform(-0.05, 0.05), by, lw * (0.6 if thick else 0.75),
+                                  0.055 if thick else 0.024, angle=frng.uniform(-0.2, 0.2))
+                att += (0.65 if thick else 0.5) * band * lungs[side]
         elif name == "nodule":
             cx, cy = _zone_centre(anatomy, f["side"], f["zone"])
-            r = 0.012 * f["size_cm"] + 0.015
-            att += 0.5 * cv.ellipse(cx + frng.uniform(-0.05, 0.05), cy + frng.uniform(-0.03, 0.03), r, r * 0.9) * lungs[f["side"]]
+            r = 0.022 * f["size_cm"] + 0.03
+            att += 0.6 * cv.ellipse(cx + frng.uniform(-0.05, 0.05), cy + frng.uniform(-0.03, 0.03), r, r * 0.9) * lungs[f["side"]]
         elif name == "support_device":
             att += _render_devices(cv, f, anatomy)
     att = np.clip(att, 0.0, None)
@@ -259,16 +272,16 @@ def _render_devices(cv: _Canvas, f: dict, anatomy: dict[str, float]) -> np.ndarr
     out = np.zeros_like(cv.x)
     devices = f["devices"]
     if "endotracheal_tube" in devices:
-        out += 0.9 * cv.line([(0.01, -1.05), (0.01, -0.34)], 0.03)
+        out += 1.1 * cv.line([(0.01, -1.05), (0.01, -0.34)], 0.045)
     if "central_line" in devices:
         s = -1.0 if f["line_side"] == "right" else 1.0
-        out += 0.9 * cv.line([(s * 0.58, -0.8), (s * 0.3, -0.62), (s * 0.08, -0.45), (-0.06, -0.3), (-0.06, -0.08)], 0.022)
+        out += 1.0 * cv.line([(s * 0.58, -0.8), (s * 0.3, -0.62), (s * 0.08, -0.45), (-0.06, -0.3), (-0.06, -0.08)], 0.035)
     if "pacemaker" in devices:
         s = -1.0 if f["pacemaker_side"] == "right" else 1.0
         gx, gy = s * 0.5, -0.62
         out += 1.6 * cv.ellipse(gx, gy, 0.1, 0.07, angle=0.2 * s)
         tip_y = anatomy["dia_right"] - 0.06
-        out += 0.9 * cv.line([(gx, gy), (s * 0.3, -0.55), (-0.04, -0.38), (-0.06, -0.05), (0.1, tip_y - 0.06), (0.2, tip_y)], 0.02)
+        out += 0.9 * cv.line([(gx, gy), (s * 0.3, -0.55), (-0.04, -0.38), (-0.06, -0.05), (0.1, tip_y - 0.06), (0.2, tip_y)], 0.03)
     return out
 
 
@@ -313,7 +326,7 @@ def _render_lateral(size: int, anatomy: dict[str, float], findings: Sequence[dic
             att += 0.45 * cv.ellipse(0.15, dia - 0.2, 0.3, 0.025, angle=0.15) * lung
         elif name == "nodule":
             cy = {"upper": -0.4, "middle": -0.05, "lower": 0.25}[f["zone"]]
-            r = 0.012 * f["size_cm"] + 0.015
+            r = 0.022 * f["size_cm"] + 0.03
             att += 0.5 * cv.ellipse(frng.uniform(-0.1, 0.3), cy, r, r) * lung
         elif name == "support_device":
             if "endotracheal_tube" in f["devices"]:
