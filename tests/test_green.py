@@ -116,7 +116,7 @@ def test_missing_green_folder_or_file_names_it(tmp_path, tiny_green):
 
     with pytest.raises(ValueError, match="--green-model"):
         compute_metric("rexrank/GREEN", Inputs(PREDICTIONS, REFERENCES, {}))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
         _green(PREDICTIONS, REFERENCES, tmp_path / "nowhere")
     broken = shutil.copytree(tiny_green, tmp_path / "broken")
     (broken / "model.safetensors").unlink()

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from .registry import Inputs, Metric, MetricStats, mean_stats, register
 
-__all__ = ["REXRANK_GREEN_NAME", "radeval_green", "check_green_folder", "green_scores"]
+__all__ = ["REXRANK_GREEN_NAME", "radeval_module", "radeval_green", "check_model_folder", "check_green_folder",
+           "green_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +44,32 @@ _GREEN_MODULE = "radeval.metrics.green_score.green"
 _PACKAGES = ("radeval", "radeval.metrics", "radeval.metrics.green_score")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spm.model")
 
 
-def radeval_green() -> types.ModuleType:
-    """RadEval's `radeval/metrics/green_score/green.py`, imported without running `radeval/__init__.py`.
+def radeval_module(name: str, bare: tuple[str, ...] = ("radeval", "radeval.metrics")) -> types.ModuleType:
+    """A module of the installed RadEval 2.2.1 (e.g. `radeval.metrics.green_score.green`), imported without running
+    `radeval/__init__.py` (which imports every metric and calls `nltk.download`).
 
-    The packages `radeval`, `radeval.metrics` and `radeval.metrics.green_score` that are not imported yet are
-    registered as bare packages (the installed folders as their path) while the module loads and removed after;
-    the multiprocessing start method and the transformers logging level that `green.py` sets at import are restored.
+    The packages in `bare` that are not imported yet are registered as bare packages (the installed folders as their
+    path, their `__init__` not run) while the module loads and removed after; the multiprocessing start method and
+    the transformers logging level, which RadEval's `green.py` sets at import, are restored.
     """
-    if _GREEN_MODULE in sys.modules:
-        return sys.modules[_GREEN_MODULE]
+    if name in sys.modules:
+        return sys.modules[name]
     if "radeval" in sys.modules:
         locations = list(getattr(sys.modules["radeval"], "__path__", []))
     else:
         spec = importlib.util.find_spec("radeval")
         locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise ImportError("GREEN runs RadEval's GREEN code: `pip install --no-deps radeval==2.2.1` (the `dev` extra "
-                          "of rrg-cxr installs it with the dependencies GREEN needs: transformers, datasets, pandas).")
+        raise ImportError(f"{name} is RadEval's code: `pip install --no-deps radeval==2.2.1` (the `dev` extra of "
+                          "rrg-cxr installs what it needs: transformers, datasets, pandas).")
     from transformers.utils import logging as hf_logging
 
     root = Path(locations[0])
     added = []
-    for package in _PACKAGES:
+    for package in bare:
         if package not in sys.modules:
             alias = types.ModuleType(package)
             alias.__path__ = [str(root.joinpath(*package.split(".")[1:]))]
@@ -77,7 +79,7 @@ def radeval_green() -> types.ModuleType:
     start_method = multiprocessing.get_start_method(allow_none=True)
     verbosity = hf_logging.get_verbosity()
     try:
-        module = importlib.import_module(_GREEN_MODULE)
+        module = importlib.import_module(name)
     finally:
         if start_method is None:
             multiprocessing.set_start_method(None, force=True)
@@ -87,13 +89,18 @@ def radeval_green() -> types.ModuleType:
     return module
 
 
-def check_green_folder(model_dir) -> Path:
-    """The judge folder, or a clear `FileNotFoundError` naming the missing file."""
+def radeval_green() -> types.ModuleType:
+    """RadEval's `radeval/metrics/green_score/green.py` alone (see [`radeval_module`]; the `green_score` package's
+    `__init__`, which also imports MammoGREEN, does not run)."""
+    return radeval_module(_GREEN_MODULE, _PACKAGES)
+
+
+def check_model_folder(model_dir, hint: str) -> Path:
+    """A local transformers model folder (config.json, weights, tokenizer files), or a clear `FileNotFoundError`
+    naming the missing file, followed by `hint` (what the folder should be and the flag that passes it)."""
     model_dir = Path(model_dir)
-    hint = ("GREEN needs the local folder of a released GREEN judge (e.g. StanfordAIMI/GREEN-RadLlama2-7b: "
-            "config.json, weights, tokenizer files; nothing is downloaded); pass it with --green-model.")
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"GREEN model folder {model_dir} does not exist. {hint}")
+        raise FileNotFoundError(f"Model folder {model_dir} does not exist. {hint}")
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir / 'config.json'} is missing. {hint}")
     if not any((model_dir / name).is_file() for name in _WEIGHT_FILES):
@@ -107,6 +114,13 @@ def check_green_folder(model_dir) -> Path:
                 if not (model_dir / shard).is_file():
                     raise FileNotFoundError(f"{model_dir / shard} is missing (listed in {index}). {hint}")
     return model_dir
+
+
+def check_green_folder(model_dir) -> Path:
+    """The judge folder, or a clear `FileNotFoundError` naming the missing file."""
+    return check_model_folder(model_dir, "GREEN needs the local folder of a released GREEN judge (e.g. "
+                              "StanfordAIMI/GREEN-RadLlama2-7b: config.json, weights, tokenizer files; nothing is "
+                              "downloaded); pass it with --green-model.")
 
 
 def green_scores(predictions: list[str], references: list[str], model_dir, cpu: bool = False) -> dict:

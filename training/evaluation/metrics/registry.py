@@ -64,6 +64,7 @@ FAMILY_MODULES = (
     "training.evaluation.metrics.embedding",
     "training.evaluation.metrics.radcliq",
     "training.evaluation.metrics.green",
+    "training.evaluation.metrics.ratescore",
 )
 
 
