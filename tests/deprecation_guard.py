@@ -26,6 +26,8 @@ THIRD_PARTY = [
     (r"datetime\.datetime\.utcnow", "raised inside tensorboard / huggingface_hub"),
     (r"pkg_resources", "raised inside third-party imports"),
     (r"Support for non-tuple sequences", "raised inside pycocoevalcap/numpy"),
+    (r"`torch_dtype` is deprecated", "RadEval 2.2.1's GREEN class passes torch_dtype= to from_pretrained (we call it "
+                                     "as it is; rrg's own code passes dtype=)"),
     (r"`is_gradient_checkpointing` is deprecated", "trl 1.16 and peft 0.21 read the old property name themselves"),
 ]
 

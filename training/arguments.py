@@ -234,6 +234,10 @@ class ScoringArguments:
             ...); read from the model folder, needed with saved annotations.
         radgraph_annotations (`str`, *optional*): JSON of saved RadGraph graphs, `{study id: {"prediction": graph,
             "reference": graph}}`, instead of a model.
+        green_model (`str`, *optional*): Local folder of a released GREEN judge (a causal LM with its tokenizer, e.g.
+            StanfordAIMI/GREEN-RadLlama2-7b) for ReXrank's GREEN column (never downloaded).
+        ratescore_ner_model, ratescore_embedding_model (`str`, *optional*): Local RaTE-NER-Deberta and BioLORD-2023-C
+            folders for ReXrank's RaTEScore column (never downloaded).
         reference_max_tokens (`int`, *optional*): R2Gen protocol: cut references to this many tokens.
         replicates (`int`, defaults to 1000): Bootstrap replicates of the 95% intervals (0: none).
         protocol (`str`, defaults to `"r2gen"`): Scoring protocol(s) of the metric registry
@@ -268,6 +272,15 @@ class ScoringArguments:
     radgraph_annotations: str | None = field(
         default=None,
         metadata={"help": "RadGraph annotations saved elsewhere: {study id: {'prediction': graph, 'reference': graph}}."},
+    )
+    green_model: str | None = field(
+        default=None, metadata={"help": "Local GREEN judge folder (causal LM + tokenizer) for rexrank/GREEN."}
+    )
+    ratescore_ner_model: str | None = field(
+        default=None, metadata={"help": "Local RaTE-NER-Deberta folder (token classification) for rexrank/RaTEScore."}
+    )
+    ratescore_embedding_model: str | None = field(
+        default=None, metadata={"help": "Local BioLORD-2023-C folder (entity encoder) for rexrank/RaTEScore."}
     )
     reference_max_tokens: int | None = field(
         default=None,

@@ -7,6 +7,8 @@
   holding that id's config and tokenizer, built with RadEval's vendored DyGIE++ classes.
 - [`save_tiny_chexbert`]: a `chexbert.pth` as the CheXbert authors release it (`{"model_state_dict": ...}`, keys
   prefixed `module.` by `nn.DataParallel`).
+- [`save_tiny_green`]: a GREEN judge folder (a LLaMA causal LM with its tokenizer, as StanfordAIMI/GREEN-RadLlama2-7b).
+- [`save_tiny_ratescore`]: RaTEScore's NER (token classification, B-/I- entity labels) and entity-encoder folders.
 
 The weights are random: scores from them test plumbing and parity with reference implementations, not quality.
 """
@@ -18,7 +20,7 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-__all__ = ["save_tiny_bert", "save_tiny_radgraph", "save_tiny_chexbert", "RADGRAPH_ENTITY_LABELS",
+__all__ = ["save_tiny_bert", "save_tiny_radgraph", "save_tiny_chexbert", "save_tiny_green", "save_tiny_ratescore", "RADGRAPH_ENTITY_LABELS",
            "RADGRAPH_RELATION_LABELS"]
 
 RADGRAPH_ENTITY_LABELS = ("ANAT-DP", "OBS-DP", "OBS-U", "OBS-DA")
@@ -178,3 +180,58 @@ def save_tiny_chexbert(path, tokenizer_dir, seed: int = 0, initializer_range: fl
     path = Path(path)
     torch.save({"model_state_dict": state, "epoch": 0}, path)
     return path
+
+
+def save_tiny_green(folder, texts=(), seed: int = 0, vocab_size: int = 1024, hidden_size: int = 32) -> Path:
+    """A GREEN judge folder as the released ones are (a LLaMA causal LM: `config.json`, `model.safetensors`,
+    `generation_config.json`, tokenizer files), random weights, loadable by RadEval's `GREEN` class.
+
+    The byte-level BPE tokenizer is trained on RadEval's GREEN prompt of `texts` (so the prompt is a few hundred
+    tokens) and decodes any text back unchanged.
+
+    Args:
+        folder: Output folder.
+        texts: Reports whose words the tokenizer learns (with the prompt's words).
+        seed (`int`): Seed of the random weights.
+        vocab_size, hidden_size: Geometry (2 layers, 2 heads, 2048 positions: GREEN's `max_length`).
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from ..evaluation.metrics.green import radeval_green
+    from .tiny import tiny_text_config, train_bpe_tokenizer
+
+    folder = Path(folder)
+    make_prompt = radeval_green().make_prompt
+    corpus = [make_prompt(t, t) for t in (*texts, "")] + list(texts)
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=vocab_size)
+    torch.manual_seed(seed)
+    config = tiny_text_config("llama", vocab_size=len(tokenizer), hidden_size=hidden_size, max_positions=2048)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+RATESCORE_ENTITY_TYPES = ("ABNORMALITY", "ANATOMY", "DISEASE", "NON-ABNORMALITY", "NON-DISEASE")
+
+
+def save_tiny_ratescore(folder, texts=(), seed: int = 0) -> tuple[Path, Path]:
+    """RaTEScore's two model folders as released, random weights: `folder/ner` (a token-classification model whose
+    `id2label` is `O` and `B-`/`I-` of RaTEScore's entity types, as RaTE-NER-Deberta) and `folder/embedding` (an
+    encoder, as BioLORD-2023-C); WordPiece tokenizers of the words of `texts`.
+
+    Returns:
+        `(ner_dir, embedding_dir)`.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    folder = Path(folder)
+    ner_dir = save_tiny_bert(folder / "ner", texts, weights=False)
+    labels = ["O"] + [f"{prefix}-{kind}" for kind in RATESCORE_ENTITY_TYPES for prefix in "BI"]
+    config = AutoConfig.from_pretrained(str(ner_dir), num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                        label2id={label: i for i, label in enumerate(labels)})
+    torch.manual_seed(seed)
+    AutoModelForTokenClassification.from_config(config).save_pretrained(str(ner_dir))
+    embedding_dir = save_tiny_bert(folder / "embedding", texts, seed=seed + 1)
+    return ner_dir, embedding_dir

@@ -5,7 +5,7 @@
 - `rexrank`: the columns of the ReXrank leaderboard (CXR-Report-Metric's code), under names that state the protocol:
   `rexrank/BLEU-2` (per-report BLEU-2 averaged over reports) and, when their folders are given,
   `rexrank/BERTScore-F1`, `rexrank/SembScore`, `RadGraph-F1-{entity,relation,combined}/radgraph`,
-  `rexrank/RadCliQ-v1` and `rexrank/1/RadCliQ-v1`.
+  `rexrank/RadCliQ-v1`, `rexrank/1/RadCliQ-v1`, `rexrank/GREEN` and `rexrank/RaTEScore`.
 
 Adding a metric to a protocol is adding a [`ProtocolEntry`] to its list; `optional=True` entries are skipped when
 their model folder is not given, every other entry fails with an error naming the flag.
@@ -72,12 +72,14 @@ PROTOCOLS: dict[str, Protocol] = {
             ProtocolEntry("rexrank/RadGraph", optional=True),
             ProtocolEntry("rexrank/RadCliQ-v1", optional=True),
             ProtocolEntry("rexrank/1/RadCliQ-v1", optional=True),
+            ProtocolEntry("rexrank/GREEN", optional=True),
+            ProtocolEntry("rexrank/RaTEScore", optional=True),
         ),
         "ReXrank leaderboard (CXR-Report-Metric): per-report BLEU-2 (fast-bleu, i.e. nltk's sentence_bleu with "
         "weights (1/2, 1/2) and smoothing method 1) on lower-cased reports with '.' split off, averaged over reports; "
         "BERTScore-F1 (distilroberta-base layer 5, baseline-rescaled, no idf), SembScore (CheXbert embedding cosine), "
-        "RadGraph entity/relation/combined on the original model, RadCliQ-v1 and 1/RadCliQ-v1 when their folders "
-        "are given",
+        "RadGraph entity/relation/combined on the original model, RadCliQ-v1 and 1/RadCliQ-v1, GREEN and RaTEScore (RadEval's "
+        "code on local models) when their folders are given",
     ),
 }
 

@@ -63,6 +63,8 @@ FAMILY_MODULES = (
     "training.evaluation.metrics.radgraph",
     "training.evaluation.metrics.embedding",
     "training.evaluation.metrics.radcliq",
+    "training.evaluation.metrics.green",
+    "training.evaluation.metrics.ratescore",
 )
 
 
