@@ -172,6 +172,14 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                                       output_dir=out / "eval_stage1", split="test", model=stage1_model,
                                       processor=stage1_processor, overwrite=True)
 
+    with _timed("probe", timings):
+        # The reading ceiling (`rrg probe`): what the frozen encoder's features carry per label vs what the stage-2
+        # reports say, both against the benchmark's ground truth.
+        from ..analysis.probe import run_probe
+
+        probe = run_probe(model, data, out / "probe", processor=processor, predictions=out / "eval",
+                          feature_cache_dir=out / "features", seed=config.seed)
+
     stage3 = _stage3(out, data, config, common, generation, timings) if config.stage3_steps else None
 
     exported = None
@@ -191,6 +199,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
         "test_intervals": {"stage2_true_images": _headline_intervals(true_metrics),
                            "stage2_shuffled_images": _headline_intervals(shuffled_metrics),
                            "stage1_true_images": _headline_intervals(stage1_metrics) if stage1_metrics else {}},
+        "probe": probe["summary"],
         **(stage3 or {}),
         "export": str(exported) if exported else None,
         "tokenizer_vocab": len(AutoTokenizer.from_pretrained(text_dir)),
@@ -199,7 +208,9 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
         for key in ("test", "test_intervals"):
             summary[key].update(summary.pop(f"stage3_{key}"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "summary.md").write_text(summary_table(summary))
+    from ..analysis.probe import probe_markdown
+
+    (out / "summary.md").write_text(summary_table(summary) + "\n" + probe_markdown(probe))
     return summary
 
 
@@ -319,7 +330,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     summary = run_demo(a.output_dir, DemoConfig.quick() if a.quick else DemoConfig(), export=not a.no_export)
-    sys.stdout.write("\n" + summary_table(summary))
+    sys.stdout.write("\n" + (Path(a.output_dir) / "summary.md").read_text())  # the tables, the probe's included
     sys.stdout.write(f"\nOutputs in {a.output_dir} (see README: 'The demo').\n")
     if summary.get("export"):
         # The venv's script when `rrg` is not on PATH (make demo runs .venv/bin/rrg).
