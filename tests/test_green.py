@@ -1,8 +1,8 @@
 """rexrank/GREEN: RadEval's GREEN class on a local judge folder, through the registry."""
 
 import importlib.util
-import multiprocessing
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,15 +34,22 @@ def _green(predictions, references, folder):
 
 
 def test_import_leaves_radeval_init_and_process_settings_alone():
+    # In a fresh interpreter: other tests import `radeval` itself (pytest.importorskip), which would hide the check.
+    import subprocess
     import sys
 
-    from training.evaluation.metrics.green import radeval_green
-
-    start = multiprocessing.get_start_method(allow_none=True)
-    module = radeval_green()
-    assert hasattr(module, "GREEN") and hasattr(module, "make_prompt")
-    assert multiprocessing.get_start_method(allow_none=True) == start
-    assert "radeval.radeval" not in sys.modules  # radeval/__init__.py (nltk.download) did not run
+    code = (
+        "import multiprocessing, sys\n"
+        "from training.evaluation.metrics.green import radeval_green\n"
+        "start = multiprocessing.get_start_method(allow_none=True)\n"
+        "module = radeval_green()\n"
+        "assert hasattr(module, 'GREEN') and hasattr(module, 'make_prompt')\n"
+        "assert multiprocessing.get_start_method(allow_none=True) == start, 'start method changed'\n"
+        "assert 'radeval.radeval' not in sys.modules, 'radeval/__init__.py (nltk.download) ran'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_green_equals_radevals_green_class(tiny_green):

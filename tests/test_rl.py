@@ -1,5 +1,6 @@
 """Stage 3 (GRPO with clinical rewards, training/rl): rewards, prompt, learning, resume, outputs, DDP."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -323,7 +324,8 @@ def test_ddp_equals_one_process(workspace, stage2, tmp_path):
 
 def test_radgraph_reward_is_the_registry_radgraph_score(tmp_path):
     """The radgraph reward of each completion is the registry's per-report RadGraph-F1 (model type from the folder)."""
-    pytest.importorskip("radeval", reason="RadEval's vendored radgraph (pip install --no-deps radeval==2.2.1)")
+    if importlib.util.find_spec("radeval") is None:  # not imported: radeval/__init__ runs nltk.download
+        pytest.skip("RadEval's vendored radgraph (pip install --no-deps radeval==2.2.1)")
     from training.evaluation.metrics.registry import per_report_scores
     from training.rl.rewards import build_rewards
     from training.sandbox.tiny_scorers import save_tiny_radgraph
