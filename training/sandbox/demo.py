@@ -200,6 +200,7 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
                            "stage2_shuffled_images": _headline_intervals(shuffled_metrics),
                            "stage1_true_images": _headline_intervals(stage1_metrics) if stage1_metrics else {}},
         "probe": probe["summary"],
+        "probe_table": str(out / "probe" / "probe.md"),
         **(stage3 or {}),
         "export": str(exported) if exported else None,
         "tokenizer_vocab": len(AutoTokenizer.from_pretrained(text_dir)),
@@ -330,7 +331,9 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     summary = run_demo(a.output_dir, DemoConfig.quick() if a.quick else DemoConfig(), export=not a.no_export)
-    sys.stdout.write("\n" + (Path(a.output_dir) / "summary.md").read_text())  # the tables, the probe's included
+    sys.stdout.write("\n" + summary_table(summary))
+    if summary.get("probe_table"):  # the reading ceiling (`rrg probe`), next to the report metrics
+        sys.stdout.write("\n" + Path(summary["probe_table"]).read_text())
     sys.stdout.write(f"\nOutputs in {a.output_dir} (see README: 'The demo').\n")
     if summary.get("export"):
         # The venv's script when `rrg` is not on PATH (make demo runs .venv/bin/rrg).
