@@ -589,12 +589,25 @@ def requested_stage(argv: list[str]) -> int | None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if requested_stage(argv) == 3:
-        from ..rl.grpo import main as stage3_main  # reinforcement learning (trl's GRPOTrainer), training/rl
+    try:
+        if requested_stage(argv) == 3:
+            from ..rl.grpo import main as stage3_main  # reinforcement learning (trl's GRPOTrainer), training/rl
 
-        return stage3_main(argv)
-    train(*parse_args(argv))
-    return 0
+            return stage3_main(argv)
+        train(*parse_args(argv))
+        return 0
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits. Left to interpreter shutdown, gloo's threads raced
+    it: a rank sometimes aborted ("terminate called without an active exception", SIGABRT) after a finished run, and
+    the launcher then failed the whole run (seen with FSDP2 and ZeRO-3 on CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # `python -m training.sft.train` (torchrun / accelerate launch): same as `rrg train`
