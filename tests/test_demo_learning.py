@@ -33,6 +33,13 @@ def test_demo_writes_the_documented_layout(demo):
         assert (out / path).exists(), path
     assert summary["stages"]["stage1"]["mode"] == "projector" and summary["stages"]["stage2"]["mode"] == "lora"
     assert "| CE-F1 (micro-14) |" in (out / "summary.md").read_text()
+    # Stage 3 against stage 2 on the benchmark's ground truth (`rrg compare --labels_from dataset`): its stage-2 side
+    # must be what `rrg probe` counts for the same reports against the same labels (two independent countings).
+    truth = json.loads((out / "compare_stage2_stage3_ground_truth.json").read_text())
+    assert truth["ce_reference"] == "given labels"
+    stage2_vs_truth = summary["stage3_vs_stage2_ground_truth"]["ce_rule_f1_micro_14_uncertain_negative"]["a"]
+    assert stage2_vs_truth == pytest.approx(summary["probe"]["report"]["f1_micro"], abs=1e-9)
+    assert "ground-truth labels" in (out / "summary.md").read_text()
 
 
 def test_model_reads_the_images(demo):

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ..arguments import DataArguments, GenerationArguments, parse_command
 from ..data.chexpert import CHEXPERT_OBSERVATIONS
-from ..data.loaders import load_hf_dataset, load_splits, split_key
+from ..data.loaders import dataset_labels, load_rows, split_key
 from ..fileio import write_json_atomic, write_text_atomic
 from .studies import batches, unwrap_model
 
@@ -310,27 +310,6 @@ def _positive_matrix(labels: Sequence[dict]) -> np.ndarray:
     return positive_matrix(list(labels), policy="negative")  # only label 1 counts, as in rrg's CE
 
 
-def _label_rows(rows: list[dict], labels_from: str, labeler, split: str) -> tuple[list[dict], str]:
-    """Ground-truth labels of `rows`: the dataset's (`chexpert`) or the labeler's of the reference reports."""
-    have = sum(row.get("chexpert") is not None for row in rows)
-    if labels_from == "auto":
-        labels_from = "dataset" if have == len(rows) else "labeler"
-        if 0 < have < len(rows):
-            logger.warning("Split %r has CheXpert labels for %d of %d studies only; labelling every reference report "
-                           "with %s instead.", split, have, len(rows), labeler.name)
-    if labels_from == "dataset":
-        if have < len(rows):
-            missing = [row["id"] for row in rows if row.get("chexpert") is None]
-            raise ValueError(
-                f"labels_from='dataset' but {len(missing)} studies of split {split!r} have no CheXpert labels (e.g. "
-                f"{missing[:3]}); give a HF dataset its chexpert_column, or use labels_from='labeler'."
-            )
-        return [dict(row["chexpert"]) for row in rows], "dataset"
-    if labels_from == "labeler":
-        return labeler.label_batch([row["report"] for row in rows]), f"labeler:{labeler.name}"
-    raise ValueError(f"labels_from must be auto, dataset or labeler; got {labels_from!r}.")
-
-
 def _read_prediction_rows(path: str | os.PathLike, ids: Sequence[str]) -> dict[str, str]:
     from ..evaluation.evaluator import read_predictions
 
@@ -356,20 +335,6 @@ def _read_prediction_rows(path: str | os.PathLike, ids: Sequence[str]) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------------- the probe
-def _load_rows(data_args, splits, chexpert_column: str | None = None) -> dict[str, list[dict]]:
-    if chexpert_column is not None:
-        # DataArguments has no labels column (train and evaluate read none): a HF dataset names it here.
-        path = Path(data_args.dataset_path)
-        if data_args.dataset_format == "annotation" or path.name == "annotation.json" or \
-                (path / "annotation.json").is_file():
-            raise ValueError("chexpert_column is for Hugging Face datasets; an annotation.json carries its labels "
-                             "in each entry's 'chexpert' key.")
-        dataset = load_hf_dataset(data_args, chexpert_column=chexpert_column, splits=splits)
-    else:
-        dataset = load_splits(data_args, splits=splits)
-    return {split: list(dataset[split_key(split)]) for split in splits}
-
-
 def _subsample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
     if not limit or limit >= len(rows):
         return rows
@@ -439,11 +404,11 @@ def run_probe(model, data, output_dir, processor=None, split: str = "test", trai
 
     pooling = resolve_pooling(model, pooling)
     data_args = data if isinstance(data, DataArguments) else DataArguments(dataset_path=str(data))
-    rows = _load_rows(data_args, [train_split, split], chexpert_column=chexpert_column)
+    rows = load_rows(data_args, [train_split, split], chexpert_column=chexpert_column)
     train_rows = _subsample(rows[train_split], max_train_studies, seed)
     test_rows = _subsample(rows[split], max_studies, seed)
-    train_labels, label_source = _label_rows(train_rows, labels_from, labeler, train_split)
-    test_labels, test_source = _label_rows(test_rows, labels_from, labeler, split)
+    train_labels, label_source = dataset_labels(train_rows, labels_from, labeler, train_split)
+    test_labels, test_source = dataset_labels(test_rows, labels_from, labeler, split)
     if test_source != label_source:
         raise ValueError(f"Split {train_split!r} got its labels from {label_source} but {split!r} from {test_source}; "
                          "set labels_from to 'dataset' or 'labeler' explicitly.")

@@ -54,6 +54,8 @@ __all__ = [
     "load_annotation_json",
     "load_hf_dataset",
     "load_synthetic",
+    "load_rows",
+    "dataset_labels",
     "describe_dataset",
     "load_splits",
 ]
@@ -762,3 +764,48 @@ def load_splits(data_args: DataArguments, splits: Sequence[str]) -> datasets.Dat
         if split_key(split) not in dataset:
             raise ValueError(f"Split {split!r} not found in {source}; it has {list(dataset)}.")
     return dataset
+
+
+def load_rows(data_args, splits, chexpert_column: str | None = None) -> dict[str, list[dict]]:
+    """Rows of `splits` (split -> list of row dicts) as [`load_splits`] reads them; `chexpert_column` names a
+    Hugging Face dataset's labels column (an annotation.json carries its labels in each entry's `chexpert` key)."""
+    if chexpert_column is not None:
+        # DataArguments has no labels column (train and evaluate read none): a HF dataset names it here.
+        path = Path(data_args.dataset_path)
+        if data_args.dataset_format == "annotation" or path.name == "annotation.json" or \
+                (path / "annotation.json").is_file():
+            raise ValueError("chexpert_column is for Hugging Face datasets; an annotation.json carries its labels "
+                             "in each entry's 'chexpert' key.")
+        dataset = load_hf_dataset(data_args, chexpert_column=chexpert_column, splits=splits)
+    else:
+        dataset = load_splits(data_args, splits=splits)
+    return {split: list(dataset[split_key(split)]) for split in splits}
+
+
+def dataset_labels(rows: list[dict], labels_from: str, labeler, split: str) -> tuple[list[dict], str]:
+    """
+    Ground-truth CheXpert labels of `rows` (from [`load_rows`]) and where they came from: the dataset's own
+    (`chexpert` of each row: the synthetic benchmark's ground truth, a HF dataset's `chexpert_column`) or `labeler`'s
+    labels of the reference reports. `labels_from`: `"dataset"`, `"labeler"` or `"auto"` (the dataset's when every
+    row has them). Shared by `rrg probe` and `rrg compare --labels_from dataset`.
+
+    Returns:
+        `(list[dict], str)`: one label dict per row, and `"dataset"` or `"labeler:<name>"`.
+    """
+    have = sum(row.get("chexpert") is not None for row in rows)
+    if labels_from == "auto":
+        labels_from = "dataset" if have == len(rows) else "labeler"
+        if 0 < have < len(rows):
+            logger.warning("Split %r has CheXpert labels for %d of %d studies only; labelling every reference report "
+                           "with %s instead.", split, have, len(rows), labeler.name)
+    if labels_from == "dataset":
+        if have < len(rows):
+            missing = [row["id"] for row in rows if row.get("chexpert") is None]
+            raise ValueError(
+                f"labels_from='dataset' but {len(missing)} studies of split {split!r} have no CheXpert labels (e.g. "
+                f"{missing[:3]}); give a HF dataset its chexpert_column, or use labels_from='labeler'."
+            )
+        return [dict(row["chexpert"]) for row in rows], "dataset"
+    if labels_from == "labeler":
+        return labeler.label_batch([row["report"] for row in rows]), f"labeler:{labeler.name}"
+    raise ValueError(f"labels_from must be auto, dataset or labeler; got {labels_from!r}.")

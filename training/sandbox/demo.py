@@ -12,7 +12,8 @@ features/              frozen-encoder feature cache (shared by both stages)
 stage1/ stage2/        checkpoints, TensorBoard runs/, and model/ (the complete save_pretrained folder)
 stage3/                GRPO from stage 2 (training/rl): the same, plus samples.jsonl (completions with their rewards)
 eval/ eval_shuffled/   predictions.jsonl, metrics.json, metrics.md (true vs shuffled images)
-eval_stage3/ eval_stage3_shuffled/ compare_stage2_stage3.{json,md}   stage 3, and stage 3 vs stage 2
+eval_stage3/ eval_stage3_shuffled/ compare_stage2_stage3{,_ground_truth}.{json,md}   stage 3, and stage 3 vs stage 2
+                       (CE against the reference reports' labels, and against the benchmark's ground truth)
 export/                Hub-ready folder (merged model, remote code, processor, model card)
 summary.json summary.md
 ```
@@ -208,18 +209,20 @@ def run_demo(output_dir="outputs/demo", config: DemoConfig | None = None, export
     if stage3:
         for key in ("test", "test_intervals"):
             summary[key].update(summary.pop(f"stage3_{key}"))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from ..analysis.probe import probe_markdown
+    from ..fileio import write_json_atomic, write_text_atomic
 
-    (out / "summary.md").write_text(summary_table(summary) + "\n" + probe_markdown(probe))
+    write_json_atomic(out / "summary.json", summary)
+    write_text_atomic(out / "summary.md", summary_table(summary) + "\n" + probe_markdown(probe))
     return summary
 
 
 def _stage3(out: Path, data: Path, config: DemoConfig, common: list, generation, timings: dict) -> dict:
     """Stage 3 (GRPO with clinical rewards) from stage 2, evaluated like stage 2 (true and shuffled images), and the
     paired test of stage 3 against stage 2 on the same studies (`rrg compare`)."""
-    from ..evaluation.compare import compare_predictions, to_markdown
+    from ..evaluation.compare import compare_predictions, ground_truth_labels, to_markdown
     from ..evaluation.evaluator import evaluate
+    from ..fileio import write_json_atomic, write_text_atomic
     from ..model_io import load_trained
     from ..rl.grpo import parse_args as parse_stage3_args
     from ..rl.grpo import train as train_stage3
@@ -237,16 +240,25 @@ def _stage3(out: Path, data: Path, config: DemoConfig, common: list, generation,
         shuffled_metrics = evaluate(stage3_dir, data, generation, output_dir=out / "eval_stage3_shuffled",
                                     split="test", model=model, processor=processor, shuffle_images_seed=config.seed,
                                     overwrite=True)
-        comparison = compare_predictions(out / "eval" / "predictions.jsonl", out / "eval_stage3" / "predictions.jsonl")
-        (out / "compare_stage2_stage3.json").write_text(json.dumps(comparison, indent=2))
-        (out / "compare_stage2_stage3.md").write_text(to_markdown(comparison))
+        pair = (out / "eval" / "predictions.jsonl", out / "eval_stage3" / "predictions.jsonl")
+        comparison = compare_predictions(*pair)
+        # The same test against the benchmark's ground-truth labels (`rrg compare --labels_from dataset`): a gain
+        # that only agrees better with the reference *text* would not show here.
+        truth = compare_predictions(*pair, reference_labels=ground_truth_labels(data, "test"))
+        for name, result in (("compare_stage2_stage3", comparison), ("compare_stage2_stage3_ground_truth", truth)):
+            write_json_atomic(out / f"{name}.json", result)
+            write_text_atomic(out / f"{name}.md", to_markdown(result))
     rows = ("BLEU-4", "ROUGE-L", "ce_rule_f1_micro_14_uncertain_negative")
+    truth_rows = ("ce_rule_f1_micro_14_uncertain_negative", "ce_rule_f1_macro_14_uncertain_negative",
+                  "ce_rule_precision_micro_14_uncertain_negative", "ce_rule_recall_micro_14_uncertain_negative")
     return {
         "stage3_test": {"stage3_true_images": _headline(true_metrics),
                         "stage3_shuffled_images": _headline(shuffled_metrics)},
         "stage3_test_intervals": {"stage3_true_images": _headline_intervals(true_metrics),
                                   "stage3_shuffled_images": _headline_intervals(shuffled_metrics)},
         "stage3_vs_stage2": {name: comparison["metrics"][name] for name in rows if name in comparison["metrics"]},
+        "stage3_vs_stage2_ground_truth": {name: truth["metrics"][name] for name in truth_rows
+                                          if name in truth["metrics"]},
     }
 
 
@@ -309,12 +321,17 @@ def summary_table(summary: dict) -> str:
         row = [test[k].get(name) for k, _ in columns]
         cis = [summary.get("test_intervals", {}).get(k, {}).get(name) for k, _ in columns]
         lines.append(f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, cis)) + " |")
-    if summary.get("stage3_vs_stage2"):
-        lines += ["", "Stage 3 - stage 2 on the same test studies (paired bootstrap, `rrg compare`):", "",
-                  "| metric | stage 3 - stage 2 | 95% CI | p |", "| --- | ---: | :---: | ---: |"]
-        for name, r in summary["stage3_vs_stage2"].items():
-            lines.append(f"| {name} | {r['difference']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] | "
-                         f"{r['p_value']:.4f} |")
+    for key, against in (("stage3_vs_stage2", "the reference reports' labels"),
+                         ("stage3_vs_stage2_ground_truth", "the benchmark's ground-truth labels")):
+        if not summary.get(key):
+            continue
+        lines += ["", f"Stage 3 - stage 2 on the same test studies, clinical efficacy against {against} (paired "
+                      "bootstrap, `rrg compare`):", "",
+                  "| metric | stage 2 | stage 3 | stage 3 - stage 2 | 95% CI | p |",
+                  "| --- | ---: | ---: | ---: | :---: | ---: |"]
+        for name, r in summary[key].items():
+            lines.append(f"| {name} | {r['a']:.3f} | {r['b']:.3f} | {r['difference']:+.3f} | "
+                         f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p_value']:.4f} |")
     lines += ["", "| stage | mode | trainable | frozen | train loss | steps |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, s in summary["stages"].items():
         lines.append(f"| {name} | {s['mode']} | {s['trainable_parameters']:,} | {s['frozen_parameters']:,} | "

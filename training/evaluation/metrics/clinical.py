@@ -123,8 +123,20 @@ def get_default_labeler(inputs: Inputs):
 
 
 def label_reports(inputs: Inputs) -> tuple[list[dict], list[dict]]:
-    """CheXpert labels of the raw predictions and references; each distinct report is labelled once."""
+    """CheXpert labels of the raw predictions and references; each distinct report is labelled once.
+
+    With the setting `reference_labels` (one label dict per reference: a benchmark's ground truth, as
+    `rrg compare --labels_from dataset` passes it) the references are not labelled: clinical efficacy is then
+    scored against those labels."""
     labeler = get_default_labeler(inputs)
+    given = inputs.settings.get("reference_labels")
+    if given is not None:
+        if len(given) != len(inputs.references):
+            raise ValueError(f"reference_labels has {len(given)} label rows for {len(inputs.references)} references; "
+                             "give one per reference, in the same order.")
+        unique = list(dict.fromkeys(inputs.predictions))
+        cache = dict(zip(unique, labeler.label_batch(unique), strict=True))
+        return [cache[p] for p in inputs.predictions], [dict(labels) for labels in given]
     unique = list(dict.fromkeys(inputs.predictions + inputs.references))
     cache = dict(zip(unique, labeler.label_batch(unique), strict=True))
     return [cache[p] for p in inputs.predictions], [cache[r] for r in inputs.references]
