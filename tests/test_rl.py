@@ -382,6 +382,21 @@ def test_batched_seeded_sampling_equals_each_study_sampled_alone(tokenizer, monk
         assert torch.equal(together[row], single), f"row {row} differs when batched"
     assert len({tuple(r.tolist()) for r in together}) == len(together), "rows must sample different completions"
 
+    # An EOS that some rows sample early: they end (then padding) while the batch goes on; up to their EOS they
+    # are what they are alone.
+    eos = int(together[0, 2])
+    config.eos_token_id = eos
+    together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, config)
+
+    def upto_eos(row):
+        hits = (row == eos).nonzero()
+        return row[: int(hits[0]) + 1 if len(hits) else len(row)].tolist()
+
+    assert any(len(upto_eos(r)) < 10 for r in together), "test needs rows ending early"
+    for row, single in enumerate(alone):
+        assert upto_eos(together[row]) == upto_eos(single), f"row {row} differs when batched (with EOS)"
+    config.eos_token_id = None
+
     shared = torch.Generator().manual_seed(0)
     monkeypatch.setattr(grpo, "_row_generators", lambda seeds, device: [shared] * len(seeds))
     together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, config)

@@ -85,8 +85,9 @@ class RRGRewardArguments:
     )
     seeded_generation: bool = field(
         default=True,
-        metadata={"help": "Sample each study's completions under a seed from (seed, step, study id): resume and "
-                          "several processes sample what one straight run does. Off: trl's one batched generate."},
+        metadata={"help": "Sample each completion row from its own generator, seeded from (seed, step, study id, "
+                          "generation index), in one batched generate: resume and several processes sample what one "
+                          "straight run does. Off: trl's sampling on the global RNG."},
     )
     num_samples_to_save: int = field(
         default=8, metadata={"help": "Completions (with their rewards) saved per logged step to samples.jsonl."}
@@ -162,8 +163,14 @@ def seeded_sampler_class():
     global SeededSampler
     if isinstance(SeededSampler, type):
         return SeededSampler
-    from transformers import (LogitsProcessor, LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
-                              TopKLogitsWarper, TopPLogitsWarper)
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     class _SeededSampler(LogitsProcessor):
         r"""Sampling in which every row of the batch draws from its own `torch.Generator`, for `generate` with
