@@ -8,7 +8,7 @@ anything is timed). Both get LoRA on the LLM + the projector (as stage 2/3 recip
 num_generations, max_completion_length, sampling, beta, loss, batch, steps; bf16 off, use_cpu), the same studies and
 the same reward (BLEU-4 against the study's report, `training.rl.rewards`):
 - rrg through `RRGGRPOTrainer` as `training/rl/grpo.py` sets it up (the processor's training prompt and the
-  collator's `pixel_values` / `num_views`, seeded per-study sampling);
+  collator's `pixel_values` / `num_views`, seeded sampling: one batched `generate`, a generator per row);
 - LLaVA through trl's own `GRPOTrainer` the way trl takes a VLM out of the box: a conversational `prompt` column and
   an `images` column of PIL images, a `LlavaProcessor` (rrg's chat template, so the prompt renders to the same tokens)
   doing the chat template and the image preprocessing inside the step.
@@ -163,8 +163,9 @@ def check_same_prompt(processor, llava_proc, rows) -> int:
 def trainers(rrg, llava, processor, rows, shape, tmp: Path, steps: int, num_generations: int,
              completion_length: int) -> dict:
     """`{variant: (trainer, timer)}` on the same rows, config and reward: "rrg" (`RRGGRPOTrainer` as stage 3 runs it,
-    seeded per-study sampling: one `generate` per study), "rrg_batched" (`seeded_generation=False`: trl's one batched
-    `generate`, as LLaVA) and "llava" (trl's `GRPOTrainer`)."""
+    seeded sampling: one batched `generate`, each row drawing from its own generator), "rrg_batched"
+    (`seeded_generation=False`: trl's one batched `generate` on the global RNG, as LLaVA) and "llava" (trl's
+    `GRPOTrainer`)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
@@ -283,8 +284,8 @@ def render(results: list[dict]) -> str:
                   f"{100 * share['llava']:.0f}%.", "",
                   "| measurement | rrg | LLaVA | ratio rrg/LLaVA min / median / max | target | met |",
                   "| --- | ---: | ---: | ---: | ---: | :---: |"]
-        for suffix, variant in (("", "rrg (seeded per-study sampling, stage 3's default)"),
-                                ("_batched", "rrg, `seeded_generation=False` (one batched generate)")):
+        for suffix, variant in (("", "rrg (seeded per-row sampling, one batched generate, stage 3's default)"),
+                                ("_batched", "rrg, `seeded_generation=False` (trl's sampling, one batched generate)")):
             for key, label, targeted in ROWS:
                 x = r[key + suffix]
                 met = ("yes" if x["median"] <= target else f"NO ({x['median'] - target:+.2f})") if targeted else ""

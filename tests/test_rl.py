@@ -341,3 +341,75 @@ def test_radgraph_reward_is_the_registry_radgraph_score(tmp_path):
                                  radgraph_model=str(model_dir), radgraph_encoder=str(encoder_dir))
     assert scores == pytest.approx(list(expected), abs=1e-9)
     assert reward.metric == "RadGraph-F1-partial/radgraph"
+
+
+# ------------------------------------------------------------------------------------------------ seeded sampling
+def _seeded_rows_alone_and_batched(model, processor, studies, texts, num_generations, config):
+    """Completion ids of every (study, generation) row generated in one left-padded batch, and alone."""
+    from training.rl.grpo import _generation_seeds, seeded_generate
+
+    ids = [i for i in range(len(studies)) for _ in range(num_generations)]
+    seeds = _generation_seeds(0, 3, [f"study-{i}" for i in ids], num_generations)
+    batch = processor(images=[studies[i] for i in ids], text=[texts[i] for i in ids], padding_side="left")
+    assert (batch["attention_mask"][:, 0] == 0).any(), "test needs different prompt lengths"
+    together = seeded_generate(model, generation_config=config, seeds=seeds, **batch)[:, batch["input_ids"].shape[1]:]
+    alone = []
+    for row, i in enumerate(ids):
+        single = processor(images=[studies[i]], text=[texts[i]])
+        out = seeded_generate(model, generation_config=config, seeds=seeds[row : row + 1], **single)
+        alone.append(out[0, single["input_ids"].shape[1]:])
+    return together, alone
+
+
+def test_batched_seeded_sampling_equals_each_study_sampled_alone(tokenizer, monkeypatch):
+    """One batched generate with per-row generators samples, for every study's completions, the token ids that
+    sampling that study alone does (prompts of different lengths, left padded; temperature, top-k and top-p applied);
+    the check fails when the rows share one generator."""
+    from transformers import GenerationConfig
+
+    from helpers import xray
+    from training.rl import grpo
+    from training.sandbox.tiny import build_tiny_model
+
+    model, processor = build_tiny_model(tokenizer=tokenizer, seed=1)
+    model.eval()
+    studies = [[xray(5), xray(6)], [xray(7)], [xray(8)]]
+    texts = [processor.build_prompt(len(s)) for s in studies]
+    config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.3, top_k=50, top_p=0.95,
+                              pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=None)
+    together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, config)
+    for row, single in enumerate(alone):
+        assert torch.equal(together[row], single), f"row {row} differs when batched"
+    assert len({tuple(r.tolist()) for r in together}) == len(together), "rows must sample different completions"
+
+    # An EOS that some rows sample early: they end (then padding) while the batch goes on; up to their EOS they
+    # are what they are alone.
+    eos = int(together[0, 2])
+    config.eos_token_id = eos
+    together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, config)
+
+    def upto_eos(row):
+        hits = (row == eos).nonzero()
+        return row[: int(hits[0]) + 1 if len(hits) else len(row)].tolist()
+
+    assert any(len(upto_eos(r)) < 10 for r in together), "test needs rows ending early"
+    for row, single in enumerate(alone):
+        assert upto_eos(together[row]) == upto_eos(single), f"row {row} differs when batched (with EOS)"
+    config.eos_token_id = None
+
+    shared = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(grpo, "_row_generators", lambda seeds, device: [shared] * len(seeds))
+    together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, config)
+    assert any(not torch.equal(t, a) for t, a in zip(together, alone))
+
+
+def test_generation_seeds_follow_the_study_and_its_group_index():
+    from training.rl.grpo import _generation_seeds
+
+    one = _generation_seeds(0, 1, ["a", "a", "b", "b"], 2)
+    assert len(set(one)) == 4
+    # process 1 of 2 holds rows 2-3 of the same batch: the same seeds
+    assert _generation_seeds(0, 1, ["b", "b"], 2, offset=2) == one[2:]
+    assert _generation_seeds(0, 1, ["b", "b", "a", "a"], 2) == one[2:] + one[:2]  # study order does not matter
+    with pytest.raises(ValueError, match="side by side"):
+        _generation_seeds(0, 1, ["a", "b", "b", "a"], 2)

@@ -24,9 +24,10 @@ expected parameters when the trainer is built, so a trl release that renames one
   and returns them with trl's batch, so trl shuffles and splits them with the completions.
 - `_tokenize_prompts`: returns those prompt ids and visual inputs instead of rendering a chat template (trl's chat
   path builds a prompt the model was not trained on and passes no `num_views`).
-- `_generate_single_turn`: with `seeded_generation` (default), samples each study's group of completions under a
-  seed drawn from (seed, step, study id), so the samples do not depend on which other studies share the batch:
-  a resumed run, and a run on several processes, sample what one straight process samples.
+- `_generate_single_turn`: with `seeded_generation` (default), one batched `generate` in which every completion row
+  draws its tokens from its own `torch.Generator`, seeded from (seed, step, study id, generation index)
+  ([`SeededSampler`]), so the samples do not depend on which other studies share the batch: a resumed run, and a
+  run on several processes, sample what one straight process samples.
 - `_get_per_token_logps_and_entropies`: forwards rrg's visual inputs, chunk by chunk (trl's version knows the
   layouts of other architectures only).
 - `_compute_loss`: makes the micro-batch's visual inputs visible to the method above.
@@ -46,8 +47,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RRGRewardArguments", "RRGGRPOTrainer", "reward_settings", "build_prompt_dataset", "train", "parse_args",
-           "main"]
+__all__ = ["RRGRewardArguments", "RRGGRPOTrainer", "SeededSampler", "seeded_generate", "reward_settings",
+           "build_prompt_dataset", "train", "parse_args", "main"]
 
 # The model's visual inputs (see `RRGForConditionalGeneration.forward`); whatever of them the collator returns
 # travels with the batch.
@@ -84,8 +85,9 @@ class RRGRewardArguments:
     )
     seeded_generation: bool = field(
         default=True,
-        metadata={"help": "Sample each study's completions under a seed from (seed, step, study id): resume and "
-                          "several processes sample what one straight run does. Off: trl's one batched generate."},
+        metadata={"help": "Sample each completion row from its own generator, seeded from (seed, step, study id, "
+                          "generation index), in one batched generate: resume and several processes sample what one "
+                          "straight run does. Off: trl's sampling on the global RNG."},
     )
     num_samples_to_save: int = field(
         default=8, metadata={"help": "Completions (with their rewards) saved per logged step to samples.jsonl."}
@@ -123,9 +125,149 @@ def build_prompt_dataset(dataset, processor):
     return dataset.add_column("prompt", prompts)
 
 
-def _study_seed(seed: int, step: int, study_id) -> int:
-    digest = hashlib.sha256(f"{seed}|{step}|{study_id}".encode()).digest()
+def _study_seed(seed: int, step: int, study_id, generation: int = 0) -> int:
+    digest = hashlib.sha256(f"{seed}|{step}|{study_id}|{generation}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+def _row_generators(seeds: list[int], device) -> list[torch.Generator]:
+    """One `torch.Generator` per completion row, on `device`, seeded with that row's seed."""
+    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+
+def _generation_seeds(seed: int, step: int, study_ids: list, num_generations: int, offset: int = 0) -> list[int]:
+    """The seed of each completion row: (seed, step, study id, generation index), where the generation index is the
+    row's place in its study's group of `num_generations` rows. trl's sampler lays a generation batch out as groups of
+    `num_generations` consecutive rows of one study, and the processes' rows are consecutive slices of it (`offset`:
+    the global index of this process's first row), so the index is the row's global index modulo `num_generations`.
+
+    Raises:
+        ValueError: If a group of `num_generations` rows holds several studies (a sampler other than trl's).
+    """
+    seeds = []
+    for i, study in enumerate(study_ids):
+        row = offset + i
+        first = i - row % num_generations  # this process's index of the group's first row (may be on another)
+        if first >= 0 and study_ids[first] != study:
+            raise ValueError(
+                f"Row {row} of the generation batch is study {study!r} but its group of {num_generations} starts with "
+                f"study {study_ids[first]!r}: seeded generation needs trl's layout (each study's num_generations rows "
+                "side by side). Use trl's GRPO sampler, or set seeded_generation: false."
+            )
+        seeds.append(_study_seed(seed, step, study, row % num_generations))
+    return seeds
+
+
+def seeded_sampler_class():
+    """[`SeededSampler`], defined on first use (transformers is imported lazily, as everywhere in training/)."""
+    global SeededSampler
+    if isinstance(SeededSampler, type):
+        return SeededSampler
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    class _SeededSampler(LogitsProcessor):
+        r"""Sampling in which every row of the batch draws from its own `torch.Generator`, for `generate` with
+        `do_sample=False`: it applies the sampling warpers itself (temperature, top-k, top-p, min-p, in the order and
+        with the settings `generate` would), draws each row's token from the row's generator and returns scores that
+        are `0` at that token and `-inf` elsewhere, so greedy decoding emits it.
+
+        A row's tokens therefore depend only on its own logits and its generator, not on the other rows of the batch
+        (which studies, how many, their prompt lengths). Each row consumes exactly one uniform draw per decoding step,
+        finished rows included (their token is replaced by padding), so a row's stream of draws is the same whatever
+        the batch. The draw `u ~ U[0, 1)` (float64) picks the first token whose cumulative probability exceeds
+        `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`). The forward of a row in a
+        batch can differ from its forward alone by ~1e-6 in the logits (other kernels / padding); a token then changes
+        only if `u` falls within that distance of a boundary of the cumulative distribution, so batched and one-study
+        sampling give the same tokens but for such rare near-ties (the test compares token ids).
+
+        It runs after `generate`'s own processors (custom processors are appended to them), so repetition penalty,
+        `min_new_tokens`, `suppress_tokens` etc. act on the scores it samples from, as in `do_sample=True`.
+
+        Args:
+            generators (`list[torch.Generator]`): One per batch row, on the scores' device.
+            temperature (`float`, *optional*), top_k (`int`, *optional*), top_p (`float`, *optional*),
+            min_p (`float`, *optional*): As in `GenerationConfig`.
+        """
+
+        def __init__(self, generators, temperature=None, top_k=None, top_p=None, min_p=None):
+            self.generators = list(generators)
+            self.warpers = LogitsProcessorList()
+            if temperature is not None and temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(temperature))
+            if top_k is not None and top_k != 0:
+                self.warpers.append(TopKLogitsWarper(top_k=top_k))
+            if top_p is not None and top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(top_p=top_p))
+            if min_p is not None:
+                self.warpers.append(MinPLogitsWarper(min_p=min_p))
+
+        @classmethod
+        def from_generation_config(cls, generators, config):
+            """The sampler for `config`'s sampling settings; raises if it sets a warper the sampler does not apply."""
+            unsupported = {k: getattr(config, k, None) for k in ("top_h", "typical_p", "epsilon_cutoff", "eta_cutoff")}
+            unsupported = {k: v for k, v in unsupported.items()
+                           if v is not None and not (k == "typical_p" and v >= 1.0)
+                           and not (k in ("epsilon_cutoff", "eta_cutoff") and v == 0.0)}
+            if unsupported or (config.num_beams or 1) > 1:
+                raise ValueError(f"Seeded generation applies temperature, top_k, top_p and min_p only (got "
+                                 f"{unsupported or {'num_beams': config.num_beams}}); remove them from "
+                                 "generation_kwargs or set seeded_generation: false.")
+            return cls(generators, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                       min_p=config.min_p)
+
+        def __call__(self, input_ids, scores):
+            if scores.size(0) != len(self.generators):
+                raise ValueError(f"SeededSampler has {len(self.generators)} generators for {scores.size(0)} rows.")
+            scores = self.warpers(input_ids, scores)
+            probs = torch.softmax(scores.double(), dim=-1)
+            cdf = probs.cumsum(dim=-1)
+            u = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64) for g in self.generators])
+            tokens = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True)
+            tokens = tokens.clamp_max(scores.size(-1) - 1)
+            # u * total rounding up to total would pick the last token: take the last token of nonzero probability
+            last = scores.size(-1) - 1 - (probs > 0).flip(-1).int().argmax(dim=-1, keepdim=True)
+            tokens = torch.minimum(tokens, last)
+            forced = torch.full_like(scores, float("-inf"))
+            return forced.scatter_(-1, tokens, 0.0)
+
+    _SeededSampler.__name__ = _SeededSampler.__qualname__ = "SeededSampler"
+    SeededSampler = _SeededSampler
+    return SeededSampler
+
+
+SeededSampler = None  # built by `seeded_sampler_class()` (needs transformers)
+
+
+def seeded_generate(model, input_ids, attention_mask, generation_config, seeds, **model_inputs):
+    """`model.generate` of a left-padded batch in which row i samples from a generator seeded with `seeds[i]`
+    ([`SeededSampler`]): each row's tokens are those the row would get generated alone with its seed.
+
+    Args:
+        generation_config (`GenerationConfig`): The sampling configuration (`do_sample=True` and its warpers); it is
+            run greedily with the sampler applying its warpers.
+        seeds (`list[int]`): One per row.
+
+    Returns:
+        `torch.LongTensor`: `generate`'s output (prompt and completion ids).
+    """
+    import copy
+
+    from transformers import LogitsProcessorList
+
+    sampler = seeded_sampler_class().from_generation_config(_row_generators(seeds, input_ids.device),
+                                                            generation_config)
+    greedy = copy.deepcopy(generation_config)
+    greedy.do_sample = False
+    greedy.temperature = greedy.top_p = greedy.top_k = greedy.min_p = None
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=greedy,
+                          logits_processor=LogitsProcessorList([sampler]), **model_inputs)
 
 
 def _grpo_trainer_class():
@@ -196,25 +338,40 @@ def _grpo_trainer_class():
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
             generation = self._rrg_generation
-            if not self.rrg_seeded_generation or self.use_vllm or generation is None:
+            if (not self.rrg_seeded_generation or self.use_vllm or self.use_transformers_continuous_batching
+                    or generation is None):
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      *args, **kwargs)
-            study_ids = generation["study_ids"]
-            completions, start = [], 0
-            device = self.accelerator.device
-            devices = [] if device.type != "cuda" else [device.index or 0]
-            while start < len(prompt_ids):  # trl's sampler puts a study's num_generations rows side by side
-                end = start + 1
-                while end < len(prompt_ids) and study_ids[end] == study_ids[start]:
-                    end += 1
-                fields = {k: v[start:end] for k, v in multimodal_fields.items()}
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(_study_seed(self.args.seed, self.state.global_step, study_ids[start]))
-                    ids, _ = super()._generate_single_turn(prompt_ids[start:end], images, fields, end - start,
-                                                           *args, **kwargs)
-                completions.extend(ids)
-                start = end
-            return completions, None
+            from transformers import Trainer
+            from trl.models import unwrap_model_for_generation
+            from trl.trainer.utils import pad
+
+            seeds = _generation_seeds(self.args.seed, self.state.global_step, generation["study_ids"], num_generations,
+                                      offset=self.accelerator.process_index * len(prompt_ids))
+            prompts = [torch.tensor(ids) for ids in prompt_ids]
+            padding = dict(padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of)
+            inputs = {"input_ids": pad(prompts, padding_value=self._tokenizer.pad_token_id, **padding),
+                      "attention_mask": pad([torch.ones_like(t) for t in prompts], padding_value=0, **padding),
+                      **{k: v for k, v in multimodal_fields.items() if isinstance(v, torch.Tensor)}}
+            inputs = Trainer._prepare_inputs(self, inputs)  # to the device (trl's path calls the same)
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    generation_kwargs=self.generation_kwargs,
+                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                ) as unwrapped_model,
+                torch.no_grad(),
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ):
+                output = seeded_generate(unwrapped_model, generation_config=self.generation_config, seeds=seeds,
+                                         **inputs)
+            completions = output[:, inputs["input_ids"].size(1):].cpu()
+            eos = torch.tensor(self.eos_token_ids)
+            ids = []
+            for row in completions:  # up to and with the first EOS, as trl's path
+                hits = torch.isin(row, eos).nonzero()
+                ids.append(row[: int(hits[0]) + 1 if len(hits) else len(row)].tolist())
+            return ids, None
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                                compute_entropy=False, compute_aux_loss=False, **multimodal):
