@@ -97,11 +97,13 @@ FINDING = {"tokens": set()}
 EFFUSION_WORDS = (" effusion", " effusions", " pleural", " fluid", " left", " right", " small", " large")
 
 
-def favour_effusion(prompts=None, completions=None, **kwargs):
-    """A reward for the learning tests: the share of a completion's words that describe an effusion (dense, so a
-    tiny random LM gets a signal from most groups)."""
-    words = {w.strip() for w in EFFUSION_WORDS}
-    return [sum(w in words for w in c.lower().split()) / max(len(c.split()), 1) for c in completions]
+def favour_effusion(prompts=None, completions=None, completion_ids=None, **kwargs):
+    """A reward for the learning tests: how often a completion spells one of the effusion words, per completion token.
+    Substrings, not whole words: a tiny random LM rarely puts a word between spaces, but its tokens spell the words
+    often enough that most groups of samples differ in reward (a dense signal)."""
+    words = [w.strip() for w in EFFUSION_WORDS]
+    lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [len(c.split()) for c in completions]
+    return [sum(c.lower().count(w) for w in words) / max(n, 1) for c, n in zip(completions, lengths, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------------------- training
@@ -204,7 +206,7 @@ def test_reward_moves_the_model_towards_the_rewarded_finding(workspace, stage2, 
     FINDING["tokens"] = {processor.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in EFFUSION_WORDS}
     # Full fine-tuning: the tiny random LLM's logits are near zero and only its LM head can make one token likelier
     # within a few steps (a LoRA on attention barely moves them); the demo trains a LoRA.
-    common = dict(max_steps=8, save_steps=100, learning_rate=0.02, max_completion_length=16, use_peft=False,
+    common = dict(max_steps=12, save_steps=100, learning_rate=0.02, max_completion_length=16, use_peft=False,
                   per_device_train_batch_size=32, num_generations=8)
     rewarded = rl_run(rl_recipe(workspace, tmp_path / "effusion", stage2, **common,
                                 reward_funcs=["test_rl:favour_effusion"], reward_weights=[1.0]))
@@ -233,8 +235,8 @@ def test_reward_moves_the_model_towards_the_rewarded_finding(workspace, stage2, 
 
     before, after, without = probability(stage2), probability(rewarded), probability(control)
     print("P(finding tokens) before / rewarded / control:", before, after, without)
-    assert after > 2 * before, (before, after)
-    assert without < 1.25 * before, (before, without)
+    # The rewarded run moves the finding's tokens well beyond where the same training with another reward drifts.
+    assert after > 2 * max(before, without), (before, after, without)
     summary = json.loads((rewarded / "rrg_training.json").read_text())
     history = [row["rewards/favour_effusion/mean"] for row in summary["rewards"]["history"]]
     assert history[-1] > history[0]
