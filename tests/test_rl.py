@@ -1,4 +1,4 @@
-"""Stage 3 (GRPO with clinical rewards, training/rl): rewards, prompt, learning, resume, outputs, DDP."""
+"""Stage 3 (GRPO with clinical rewards, training/rl): rewards, prompt, learning, resume, outputs, KL reference, DDP."""
 
 import importlib.util
 import json
@@ -294,6 +294,24 @@ def test_rrg_train_dispatches_stage_3(tmp_path):
     assert requested_stage(["--config", str(recipe), "--stage", "2"]) == 2
     assert requested_stage(["--stage=3"]) == 3
     assert requested_stage([]) is None
+
+
+def logged(folder, key):
+    """`key` at each logged step of a run (its last checkpoint's trainer_state.json), by step."""
+    (checkpoint,) = sorted(Path(folder).glob("checkpoint-*"))[-1:]
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {row["step"]: row[key] for row in history if key in row}
+
+
+@pytest.mark.slow
+def test_kl_reference_of_full_fine_tuning_is_the_starting_weights(workspace, stage2, tmp_path):
+    """beta > 0 without LoRA: trl's reference model is the merged stage 2 the run starts from, so the KL of the first
+    step (policy = start) is 0. trl alone would load the folder the merged config names: stage 1, the adapter's base."""
+    assert (stage2 / "model" / "adapter_config.json").exists()  # the case where the two differ
+    out = rl_run(rl_recipe(workspace, tmp_path / "kl", stage2, use_peft=False, beta=0.1, max_steps=2, save_steps=100,
+                           learning_rate=1e-3))
+    kl = logged(out.parent, "kl")
+    assert kl[1] == 0.0 and kl[2] > 0.0, kl
 
 
 @pytest.mark.slow

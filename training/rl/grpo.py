@@ -31,10 +31,13 @@ expected parameters when the trainer is built, so a trl release that renames one
 - `_get_per_token_logps_and_entropies`: forwards rrg's visual inputs, chunk by chunk (trl's version knows the
   layouts of other architectures only).
 - `_compute_loss`: makes the micro-batch's visual inputs visible to the method above.
+- `__init__`: with `beta != 0` and no LoRA, trl's reference model is a copy of the starting weights
+  ([`_starting_weights_as_reference`]), not the folder the model's config names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -270,6 +273,45 @@ def seeded_generate(model, input_ids, attention_mask, generation_config, seeds, 
                           logits_processor=LogitsProcessorList([sampler]), **model_inputs)
 
 
+@contextlib.contextmanager
+def _starting_weights_as_reference(model, args, peft_config):
+    """During trl's `GRPOTrainer.__init__`: make the KL reference of a full fine-tuning run the weights it starts from.
+
+    With `beta != 0` and no PEFT, trl builds its reference model with `create_model_from_path(model.config.
+    _name_or_path)`. For rrg that folder is not the starting point: a stage-2 adapter is merged into the weights stage
+    3 starts from, and the merged model's config still names stage 1's folder (the adapter's base), so trl would score
+    the KL against stage 1. This context makes that one call return a copy of `model` (in eval mode, as
+    `from_pretrained` returns it); trl then prepares it as its own (dropout off, fused LM head, DeepSpeed / FSDP /
+    DDP). The copy takes the memory trl's own reference would. Yields the list of model ids trl asked for (one when the reference was built, empty otherwise), or `None`
+    when no reference is needed (`beta == 0`, or PEFT: the reference is the adapter-disabled model).
+    """
+    from accelerate.utils import is_peft_model
+    from trl.trainer import grpo_trainer
+
+    if args is None or args.beta == 0.0 or peft_config is not None or is_peft_model(model):
+        yield None
+        return
+    if not hasattr(grpo_trainer, "create_model_from_path"):
+        raise RuntimeError("trl's GRPOTrainer no longer builds its reference model with create_model_from_path; rrg "
+                           "needs it to make the reference the starting weights (beta != 0, use_peft: false). Install "
+                           "the trl of requirements/lock.txt, use a LoRA (use_peft: true) or set beta: 0.")
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    asked = []
+
+    def starting_weights(model_id, *args, **kwargs):
+        asked.append(model_id)
+        return reference
+
+    original = grpo_trainer.create_model_from_path
+    grpo_trainer.create_model_from_path = starting_weights
+    try:
+        yield asked
+    finally:
+        grpo_trainer.create_model_from_path = original
+
+
 def _grpo_trainer_class():
     """`RRGGRPOTrainer`, defined on first use (trl is imported lazily, as everywhere in training/)."""
     global RRGGRPOTrainer
@@ -311,7 +353,14 @@ def _grpo_trainer_class():
             self.rrg_seeded_generation = seeded_generation
             self._rrg_generation = None  # prompt ids, visual inputs and study ids of the batch being generated
             self._rrg_visual = None  # visual inputs of the rows being scored
-            super().__init__(*args, **kwargs)
+            given = inspect.signature(GRPOTrainer.__init__).bind_partial(self, *args, **kwargs).arguments
+            with _starting_weights_as_reference(given.get("model"), given.get("args"),
+                                                given.get("peft_config")) as asked:
+                super().__init__(*args, **kwargs)
+            if asked is not None and (len(asked) != 1 or self.ref_model is None):
+                raise RuntimeError(f"trl built its reference model {len(asked)} times through create_model_from_path "
+                                   "(expected once): the KL reference may not be the starting weights. Install the "
+                                   "trl of requirements/lock.txt, use a LoRA (use_peft: true) or set beta: 0.")
 
         def _generate_and_score_completions(self, inputs):
             batch = self.rrg_collator.prompt_batch(inputs)
