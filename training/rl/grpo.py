@@ -14,7 +14,10 @@ Usage:
 rrg train --config training/rl/recipes/demo_stage3.yaml --model_name_or_path outputs/demo/stage2 \\
     --dataset_path outputs/demo/data --output_dir outputs/demo/stage3
 torchrun --nproc_per_node 2 -m training.sft.train --config training/rl/recipes/demo_stage3.yaml ...
+accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero3.yaml -m training.sft.train --config ...
 ```
+
+DDP, FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3 train like one process with the same global batch (tests/test_rl.py).
 
 What rrg changes in trl's `GRPOTrainer` (`RRGGRPOTrainer`; every overridden method is checked to exist with the
 expected parameters when the trainer is built, so a trl release that renames one fails with a message naming it):
