@@ -401,8 +401,8 @@ def _seeded_rows_alone_and_batched(model, processor, studies, texts, num_generat
 
 def test_batched_seeded_sampling_equals_each_study_sampled_alone(tokenizer, monkeypatch):
     """One batched generate with per-row generators samples, for every study's completions, the token ids that
-    sampling that study alone does (prompts of different lengths, left padded; temperature, top-k and top-p applied);
-    the check fails when the rows share one generator."""
+    sampling that study alone does (prompts of different lengths, left padded; temperature, top-k and top-p applied;
+    rows ending early; uniforms drawn in several blocks); the check fails when the rows share one generator."""
     from transformers import GenerationConfig
 
     from helpers import xray
@@ -434,6 +434,18 @@ def test_batched_seeded_sampling_equals_each_study_sampled_alone(tokenizer, monk
     for row, single in enumerate(alone):
         assert upto_eos(together[row]) == upto_eos(single), f"row {row} differs when batched (with EOS)"
     config.eos_token_id = None
+
+    # Without max_new_tokens the rows draw their uniforms in blocks of SeededSampler.BLOCK (3 here: several blocks
+    # per generate). max_length: the batch (padded to its longest prompt) generates 10 tokens, a shorter prompt alone
+    # more; the first 10 are the same.
+    monkeypatch.setattr(grpo.seeded_sampler_class(), "BLOCK", 3)
+    longest = max(len(processor(images=[s], text=[t])["input_ids"][0]) for s, t in zip(studies, texts, strict=True))
+    by_length = GenerationConfig(max_length=longest + 10, do_sample=True, temperature=1.3, top_k=50, top_p=0.95,
+                                 pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=None)
+    together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, by_length)
+    assert together.shape[1] == 10 and any(len(a) > 10 for a in alone)
+    for row, single in enumerate(alone):
+        assert torch.equal(together[row], single[:10]), f"row {row} differs when batched (blocks of 3 uniforms)"
 
     shared = torch.Generator().manual_seed(0)
     monkeypatch.setattr(grpo, "_row_generators", lambda seeds, device: [shared] * len(seeds))

@@ -29,8 +29,9 @@ expected parameters when the trainer is built, so a trl release that renames one
   path builds a prompt the model was not trained on and passes no `num_views`).
 - `_generate_single_turn`: with `seeded_generation` (default), one batched `generate` in which every completion row
   draws its tokens from its own `torch.Generator`, seeded from (seed, step, study id, generation index)
-  ([`SeededSampler`]), so the samples do not depend on which other studies share the batch: a resumed run, and a
-  run on several processes, sample what one straight process samples.
+  ([`SeededSampler`]; each row's uniforms drawn in one `torch.rand` call per `generate`), so the samples do not
+  depend on which other studies share the batch: a resumed run, and a run on several processes, sample what one
+  straight process samples.
 - `_get_per_token_logps_and_entropies`: forwards rrg's visual inputs, chunk by chunk (trl's version knows the
   layouts of other architectures only).
 - `_compute_loss`: makes the micro-batch's visual inputs visible to the method above.
@@ -185,25 +186,36 @@ def seeded_sampler_class():
         are `0` at that token and `-inf` elsewhere, so greedy decoding emits it.
 
         A row's tokens therefore depend only on its own logits and its generator, not on the other rows of the batch
-        (which studies, how many, their prompt lengths). Each row consumes exactly one uniform draw per decoding step,
-        finished rows included (their token is replaced by padding), so a row's stream of draws is the same whatever
-        the batch. The draw `u ~ U[0, 1)` (float64) picks the first token whose cumulative probability exceeds
-        `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`). The forward of a row in a
-        batch can differ from its forward alone by ~1e-6 in the logits (other kernels / padding); a token then changes
-        only if `u` falls within that distance of a boundary of the cumulative distribution, so batched and one-study
-        sampling give the same tokens but for such rare near-ties (the test compares token ids).
+        (which studies, how many, their prompt lengths). Decoding step `t` (0 for the first new token) of a row uses
+        the row's `t`-th uniform `u ~ U[0, 1)` (float64), finished rows included (their token is replaced by padding).
+        Each row draws its uniforms from its generator in blocks of `block` values, one `torch.rand(block)` per row,
+        the first when generation starts and another only if the steps outrun it; `block` is `max_new_tokens` (so one
+        call per row per `generate`) or [`BLOCK`] without it. The blocks depend on the generation settings only, so a
+        row's sequence of uniforms is the same whatever the batch. `u` picks the first token whose cumulative
+        probability exceeds `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`). The
+        forward of a row in a batch can differ from its forward alone by ~1e-6 in the logits (other kernels /
+        padding); a token then changes only if `u` falls within that distance of a boundary of the cumulative
+        distribution, so batched and one-study sampling give the same tokens but for such rare near-ties (the test
+        compares token ids).
 
         It runs after `generate`'s own processors (custom processors are appended to them), so repetition penalty,
-        `min_new_tokens`, `suppress_tokens` etc. act on the scores it samples from, as in `do_sample=True`.
+        `min_new_tokens`, `suppress_tokens` etc. act on the scores it samples from, as in `do_sample=True`. One
+        instance serves one `generate` call (it counts the steps from the input length of its first call).
 
         Args:
             generators (`list[torch.Generator]`): One per batch row, on the scores' device.
             temperature (`float`, *optional*), top_k (`int`, *optional*), top_p (`float`, *optional*),
             min_p (`float`, *optional*): As in `GenerationConfig`.
+            block (`int`, *optional*): Uniforms drawn per row at a time (defaults to [`BLOCK`]).
         """
 
-        def __init__(self, generators, temperature=None, top_k=None, top_p=None, min_p=None):
+        BLOCK = 256  # uniforms per row and draw when max_new_tokens is not set
+
+        def __init__(self, generators, temperature=None, top_k=None, top_p=None, min_p=None, block=None):
             self.generators = list(generators)
+            self.block = int(block or self.BLOCK)
+            self.uniforms = None  # (rows, drawn so far), float64, on the scores' device
+            self.prompt_length = None  # input length at the first step
             self.warpers = LogitsProcessorList()
             if temperature is not None and temperature != 1.0:
                 self.warpers.append(TemperatureLogitsWarper(temperature))
@@ -226,7 +238,15 @@ def seeded_sampler_class():
                                  f"{unsupported or {'num_beams': config.num_beams}}); remove them from "
                                  "generation_kwargs or set seeded_generation: false.")
             return cls(generators, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                       min_p=config.min_p)
+                       min_p=config.min_p, block=config.max_new_tokens)
+
+        def _uniforms(self, step, device):
+            """Every row's uniform of decoding step `step`, drawing the rows' next blocks when needed."""
+            while self.uniforms is None or step >= self.uniforms.size(1):
+                block = torch.stack([torch.rand(self.block, generator=g, device=g.device, dtype=torch.float64)
+                                     for g in self.generators]).to(device)
+                self.uniforms = block if self.uniforms is None else torch.cat([self.uniforms, block], dim=1)
+            return self.uniforms[:, step]
 
         def __call__(self, input_ids, scores):
             if scores.size(0) != len(self.generators):
@@ -234,8 +254,10 @@ def seeded_sampler_class():
             scores = self.warpers(input_ids, scores)
             probs = torch.softmax(scores.double(), dim=-1)
             cdf = probs.cumsum(dim=-1)
-            u = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64) for g in self.generators])
-            tokens = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True)
+            if self.prompt_length is None:
+                self.prompt_length = input_ids.size(1)
+            u = self._uniforms(input_ids.size(1) - self.prompt_length, cdf.device)
+            tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)
             tokens = tokens.clamp_max(scores.size(-1) - 1)
             # u * total rounding up to total would pick the last token: take the last token of nonzero probability
             last = scores.size(-1) - 1 - (probs > 0).flip(-1).int().argmax(dim=-1, keepdim=True)
