@@ -463,3 +463,16 @@ def test_generation_seeds_follow_the_study_and_its_group_index():
     assert _generation_seeds(0, 1, ["b", "b", "a", "a"], 2) == one[2:] + one[:2]  # study order does not matter
     with pytest.raises(ValueError, match="side by side"):
         _generation_seeds(0, 1, ["a", "b", "b", "a"], 2)
+
+
+def test_seeded_sampler_picks_by_inverse_cdf_and_never_a_zero_probability_token():
+    """u in [0, 1) picks the first token whose cumulative probability exceeds u * total; u * total reaching total
+    (rounding) picks the last token of nonzero probability, not the masked tail."""
+    from training.rl.grpo import seeded_sampler_class
+
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.0, float("-inf"), float("-inf")]])  # probabilities 1/4 x 4, then 0, 0
+    for u, token in ((0.0, 0), (0.24, 0), (0.26, 1), (0.74, 2), (0.76, 3), (1.0, 3)):
+        sampler = seeded_sampler_class()([torch.Generator()])
+        sampler.uniforms = torch.tensor([[u]], dtype=torch.float64)  # the row's uniform of step 0
+        out = sampler(torch.zeros(1, 5, dtype=torch.long), scores.clone())
+        assert out[0].argmax().item() == token and out[0].isfinite().sum() == 1, (u, out)

@@ -192,7 +192,8 @@ def seeded_sampler_class():
         the first when generation starts and another only if the steps outrun it; `block` is `max_new_tokens` (so one
         call per row per `generate`) or [`BLOCK`] without it. The blocks depend on the generation settings only, so a
         row's sequence of uniforms is the same whatever the batch. `u` picks the first token whose cumulative
-        probability exceeds `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`). The
+        probability exceeds `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`; `u *
+        total` is kept below `total`, so a token of zero probability is never picked). The
         forward of a row in a batch can differ from its forward alone by ~1e-6 in the logits (other kernels /
         padding); a token then changes only if `u` falls within that distance of a boundary of the cumulative
         distribution, so batched and one-study sampling give the same tokens but for such rare near-ties (the test
@@ -257,11 +258,11 @@ def seeded_sampler_class():
             if self.prompt_length is None:
                 self.prompt_length = input_ids.size(1)
             u = self._uniforms(input_ids.size(1) - self.prompt_length, cdf.device)
-            tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)
-            tokens = tokens.clamp_max(scores.size(-1) - 1)
-            # u * total rounding up to total would pick the last token: take the last token of nonzero probability
-            last = scores.size(-1) - 1 - (probs > 0).flip(-1).int().argmax(dim=-1, keepdim=True)
-            tokens = torch.minimum(tokens, last)
+            total = cdf[:, -1]
+            # below total even when u * total rounds up to it: the first cdf entry above is then a token of nonzero
+            # probability (the cdf steps up there), never one of the zero-probability tail
+            target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
+            tokens = torch.searchsorted(cdf, target.unsqueeze(-1), right=True)
             forced = torch.full_like(scores, float("-inf"))
             return forced.scatter_(-1, tokens, 0.0)
 
