@@ -1,4 +1,4 @@
-"""Small helpers shared by tests (images, subprocess runner)."""
+"""Small helpers shared by tests (images, subprocess runners, training recipes, multi-process launches)."""
 
 import json
 import os
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def xray(seed: int = 0, size: int = 40, dtype=np.uint8) -> np.ndarray:
@@ -120,6 +122,45 @@ def train_run(path, *extra):
     return train(*parse_args(["--config", str(path), *extra]))
 
 
+# ------------------------------------------------------------------------------------ multi-process launches
+ACCELERATE_CONFIGS = REPO_ROOT / "training" / "sft" / "recipes" / "accelerate"
+# How the README launches each backend: torchrun, or `accelerate launch` with one of the shipped configs.
+LAUNCHERS = {
+    "ddp": ["torchrun"],
+    "fsdp2": ["accelerate", "fsdp.yaml"],
+    "deepspeed_zero2": ["accelerate", "deepspeed_zero2.yaml"],
+    "deepspeed_zero3": ["accelerate", "deepspeed_zero3.yaml"],
+}
+
+
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def launch(backend: str, config, *extra: str, tests_importable: bool = False, timeout: int = 900) -> None:
+    """The README's command for `backend` (a key of `LAUNCHERS`) with two CPU processes: `rrg train`'s module on the
+    recipe `config` (any stage). `tests_importable` puts tests/ on the processes' path (rewards such as
+    `test_rl:favour_effusion`)."""
+    launcher = LAUNCHERS[backend]
+    if launcher[0] == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    else:
+        # The shipped GPU configs, with the two overrides a CPU needs: the process count and no bf16 autocast.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / launcher[1]),
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", free_port()]
+    cmd += ["-m", "training.sft.train", "--config", str(config), *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    if tests_importable:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "tests"), env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, f"{backend} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
 def weights(folder):
     from pathlib import Path
 
@@ -220,9 +261,6 @@ def write_metrics(folder: Path) -> Path:
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def source_copy(dest: Path) -> Path:

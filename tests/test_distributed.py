@@ -10,7 +10,6 @@ that cannot import this project, and a run resumed from a mid-run checkpoint end
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,44 +18,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import run_isolated
+from helpers import LAUNCHERS as BACKENDS
+from helpers import free_port, launch, run_isolated
 from helpers import train_recipe as recipe
 from helpers import train_run as run
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE_CONFIGS = ROOT / "training" / "sft" / "recipes" / "accelerate"
 # The small learning rate keeps Adam's sign-like first steps from amplifying float reduction-order noise (~1e-7)
 # into the tolerance; a wrong run (ranks training alone, gradients not averaged) is still ~1e-3 away.
 COMMON = dict(max_steps=4, save_steps=2, learning_rate=1e-3, lora_dropout=0.0, eval_split=None, use_cpu=False)
-BACKENDS = {
-    "ddp": ["torchrun"],
-    "fsdp2": ["accelerate", "fsdp.yaml"],
-    "deepspeed_zero2": ["accelerate", "deepspeed_zero2.yaml"],
-    "deepspeed_zero3": ["accelerate", "deepspeed_zero3.yaml"],
-}
 ATOL = 1e-5
-
-
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-def launch(backend: str, config: Path, *extra: str) -> None:
-    """The README's command for `backend`, with two processes."""
-    launcher = BACKENDS[backend]
-    if launcher[0] == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    else:
-        # The shipped GPU configs, with the two overrides a CPU needs: the process count and no bf16 autocast.
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / launcher[1]),
-               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", _free_port()]
-    cmd += ["-m", "training.sft.train", "--config", str(config), *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("ACCELERATE_USE_CPU", None)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, f"{backend} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
 def trained_weights(folder: Path) -> dict:
@@ -173,7 +144,7 @@ def test_accelerate_cpu_flag_with_several_processes_is_refused(workspace, tmp_pa
     """`accelerate launch --cpu --num_processes 2` starts one process: training must stop, not quietly train once."""
     config = recipe(workspace, tmp_path / "cpu", per_device_train_batch_size=2, **COMMON)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--main_process_port", _free_port(), "-m", "training.sft.train", "--config", str(config)]
+           "--main_process_port", free_port(), "-m", "training.sft.train", "--config", str(config)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode != 0

@@ -1,10 +1,8 @@
-"""Stage 3 (GRPO with clinical rewards, training/rl): rewards, prompt, learning, resume, outputs, DDP."""
+"""Stage 3 (GRPO with clinical rewards, training/rl): rewards, prompt, learning, resume, outputs, KL reference,
+DDP / FSDP2 / DeepSpeed ZeRO-2 and ZeRO-3 equal to one process, seeded sampling."""
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -296,32 +294,70 @@ def test_rrg_train_dispatches_stage_3(tmp_path):
     assert requested_stage([]) is None
 
 
+def logged(folder, key):
+    """`key` at each logged step of a run (its last checkpoint's trainer_state.json), by step."""
+    (checkpoint,) = sorted(Path(folder).glob("checkpoint-*"))[-1:]
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {row["step"]: row[key] for row in history if key in row}
+
+
 @pytest.mark.slow
-def test_ddp_equals_one_process(workspace, stage2, tmp_path):
-    """torchrun with 2 CPU processes x 4 rows trains stage 3 to the weights of 1 process x 8 rows: seeded
-    generation samples each study's completions the same whatever the batch, and trl gathers the rewards."""
-    # Full fine-tuning and a dense reward (see the learning test), so two steps really move the weights.
-    common = dict(max_steps=2, save_steps=100, learning_rate=1e-3, use_cpu=False, num_generations=4, use_peft=False,
-                  reward_funcs=["test_rl:favour_effusion"], reward_weights=[1.0], max_completion_length=16)
-    single = rl_run(rl_recipe(workspace, tmp_path / "single", stage2, per_device_train_batch_size=8, **common))
-    config = rl_recipe(workspace, tmp_path / "ddp", stage2, per_device_train_batch_size=4, **common)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "training.sft.train", "--config", str(config)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ddp = tmp_path / "ddp"
-    summary = json.loads((ddp / "model" / "rrg_training.json").read_text())
-    assert summary["distributed"] == "ddp" and summary["world_size"] == 2
+def test_kl_reference_of_full_fine_tuning_is_the_starting_weights(workspace, stage2, tmp_path):
+    """beta > 0 without LoRA: trl's reference model is the merged stage 2 the run starts from, so the KL of the first
+    step (policy = start) is 0. trl alone would load the folder the merged config names: stage 1, the adapter's base."""
+    assert (stage2 / "model" / "adapter_config.json").exists()  # the case where the two differ
+    out = rl_run(rl_recipe(workspace, tmp_path / "kl", stage2, use_peft=False, beta=0.1, max_steps=2, save_steps=100,
+                           learning_rate=1e-3))
+    kl = logged(out.parent, "kl")
+    assert kl[1] == 0.0 and kl[2] > 0.0, kl
+
+
+# Two processes x 4 rows against one process x 8 rows (the same global batch), launched as the README does
+# (tests/helpers.py `launch`). Full fine-tuning, so two steps move every weight, with a KL term (trl's reference model,
+# a copy of the starting weights, prepared under the backend) and a dense reward (see the learning test); and a LoRA
+# with the KL to the adapter-disabled model. Seeded generation samples each study's completions the same whatever the
+# batch, and trl gathers the rewards. A rank training alone on its half is ~2e-3 (full) / ~2e-2 (LoRA) away.
+MULTI = dict(max_steps=2, save_steps=100, use_cpu=False, num_generations=4, reward_funcs=["test_rl:favour_effusion"],
+             reward_weights=[1.0], max_completion_length=16, beta=0.1)
+MULTI_RUNS = {"full": dict(use_peft=False, learning_rate=1e-3), "lora": dict(use_peft=True, learning_rate=1e-2)}
+
+
+@pytest.fixture(scope="module")
+def one_process(workspace, stage2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("one-process")
+    return {name: rl_run(rl_recipe(workspace, root / name, stage2, per_device_train_batch_size=8, **MULTI, **run))
+            for name, run in MULTI_RUNS.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"])
+def test_two_processes_equal_one_process(workspace, stage2, one_process, tmp_path, backend):
+    """DDP, FSDP2, ZeRO-2 and ZeRO-3 train stage 3 to the one-process weights (within 1e-5) and log its KL."""
     from safetensors.torch import load_file
 
+    from helpers import launch
     from training.model_io import load_trained
 
     start = dict(load_trained(stage2)[0].state_dict())
-    a, b = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model" / "model.safetensors"))
-    assert any(not torch.allclose(a[k], start[k], atol=1e-4) for k in a if k in start)  # training moved them
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+    for name, run in MULTI_RUNS.items():
+        launch(backend, rl_recipe(workspace, tmp_path / name, stage2, per_device_train_batch_size=4, **MULTI, **run),
+               tests_importable=True)
+        folder = tmp_path / name / "model"
+        summary = json.loads((folder / "rrg_training.json").read_text())
+        assert (summary["distributed"], summary["world_size"], summary["global_step"]) == (backend, 2, 2), name
+        file = "adapter_model.safetensors" if name == "lora" else "model.safetensors"
+        expected, actual = load_file(str(one_process[name] / file)), load_file(str(folder / file))
+        assert expected.keys() == actual.keys()
+        if name == "full":  # training moved the weights
+            assert any(not torch.allclose(expected[k], start[k], atol=1e-4) for k in expected if k in start)
+        else:  # the LoRA's B matrices start at zero
+            assert any(t.abs().max() > 1e-3 for k, t in expected.items() if "lora_B" in k)
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=0,
+                                       msg=lambda m, k=key, n=name: f"{n} {k}: {m}")
+        kl, kl_expected = logged(tmp_path / name, "kl"), logged(one_process[name].parent, "kl")
+        assert kl_expected[1] == 0.0 and kl_expected[2] > 0.0, kl_expected
+        assert kl == pytest.approx(kl_expected, rel=1e-3, abs=1e-9), (name, kl, kl_expected)
 
 
 def test_radgraph_reward_is_the_registry_radgraph_score(tmp_path):
@@ -365,8 +401,8 @@ def _seeded_rows_alone_and_batched(model, processor, studies, texts, num_generat
 
 def test_batched_seeded_sampling_equals_each_study_sampled_alone(tokenizer, monkeypatch):
     """One batched generate with per-row generators samples, for every study's completions, the token ids that
-    sampling that study alone does (prompts of different lengths, left padded; temperature, top-k and top-p applied);
-    the check fails when the rows share one generator."""
+    sampling that study alone does (prompts of different lengths, left padded; temperature, top-k and top-p applied;
+    rows ending early; uniforms drawn in several blocks); the check fails when the rows share one generator."""
     from transformers import GenerationConfig
 
     from helpers import xray
@@ -399,6 +435,18 @@ def test_batched_seeded_sampling_equals_each_study_sampled_alone(tokenizer, monk
         assert upto_eos(together[row]) == upto_eos(single), f"row {row} differs when batched (with EOS)"
     config.eos_token_id = None
 
+    # Without max_new_tokens the rows draw their uniforms in blocks of SeededSampler.BLOCK (3 here: several blocks
+    # per generate). max_length: the batch (padded to its longest prompt) generates 10 tokens, a shorter prompt alone
+    # more; the first 10 are the same.
+    monkeypatch.setattr(grpo.seeded_sampler_class(), "BLOCK", 3)
+    longest = max(len(processor(images=[s], text=[t])["input_ids"][0]) for s, t in zip(studies, texts, strict=True))
+    by_length = GenerationConfig(max_length=longest + 10, do_sample=True, temperature=1.3, top_k=50, top_p=0.95,
+                                 pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=None)
+    together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, by_length)
+    assert together.shape[1] == 10 and any(len(a) > 10 for a in alone)
+    for row, single in enumerate(alone):
+        assert torch.equal(together[row], single[:10]), f"row {row} differs when batched (blocks of 3 uniforms)"
+
     shared = torch.Generator().manual_seed(0)
     monkeypatch.setattr(grpo, "_row_generators", lambda seeds, device: [shared] * len(seeds))
     together, alone = _seeded_rows_alone_and_batched(model, processor, studies, texts, 2, config)
@@ -415,3 +463,16 @@ def test_generation_seeds_follow_the_study_and_its_group_index():
     assert _generation_seeds(0, 1, ["b", "b", "a", "a"], 2) == one[2:] + one[:2]  # study order does not matter
     with pytest.raises(ValueError, match="side by side"):
         _generation_seeds(0, 1, ["a", "b", "b", "a"], 2)
+
+
+def test_seeded_sampler_picks_by_inverse_cdf_and_never_a_zero_probability_token():
+    """u in [0, 1) picks the first token whose cumulative probability exceeds u * total; u * total reaching total
+    (rounding) picks the last token of nonzero probability, not the masked tail."""
+    from training.rl.grpo import seeded_sampler_class
+
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.0, float("-inf"), float("-inf")]])  # probabilities 1/4 x 4, then 0, 0
+    for u, token in ((0.0, 0), (0.24, 0), (0.26, 1), (0.74, 2), (0.76, 3), (1.0, 3)):
+        sampler = seeded_sampler_class()([torch.Generator()])
+        sampler.uniforms = torch.tensor([[u]], dtype=torch.float64)  # the row's uniform of step 0
+        out = sampler(torch.zeros(1, 5, dtype=torch.long), scores.clone())
+        assert out[0].argmax().item() == token and out[0].isfinite().sum() == 1, (u, out)

@@ -14,7 +14,10 @@ Usage:
 rrg train --config training/rl/recipes/demo_stage3.yaml --model_name_or_path outputs/demo/stage2 \\
     --dataset_path outputs/demo/data --output_dir outputs/demo/stage3
 torchrun --nproc_per_node 2 -m training.sft.train --config training/rl/recipes/demo_stage3.yaml ...
+accelerate launch --config_file training/sft/recipes/accelerate/deepspeed_zero3.yaml -m training.sft.train --config ...
 ```
+
+DDP, FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3 train like one process with the same global batch (tests/test_rl.py).
 
 What rrg changes in trl's `GRPOTrainer` (`RRGGRPOTrainer`; every overridden method is checked to exist with the
 expected parameters when the trainer is built, so a trl release that renames one fails with a message naming it):
@@ -26,15 +29,19 @@ expected parameters when the trainer is built, so a trl release that renames one
   path builds a prompt the model was not trained on and passes no `num_views`).
 - `_generate_single_turn`: with `seeded_generation` (default), one batched `generate` in which every completion row
   draws its tokens from its own `torch.Generator`, seeded from (seed, step, study id, generation index)
-  ([`SeededSampler`]), so the samples do not depend on which other studies share the batch: a resumed run, and a
-  run on several processes, sample what one straight process samples.
+  ([`SeededSampler`]; each row's uniforms drawn in one `torch.rand` call per `generate`), so the samples do not
+  depend on which other studies share the batch: a resumed run, and a run on several processes, sample what one
+  straight process samples.
 - `_get_per_token_logps_and_entropies`: forwards rrg's visual inputs, chunk by chunk (trl's version knows the
   layouts of other architectures only).
 - `_compute_loss`: makes the micro-batch's visual inputs visible to the method above.
+- `__init__`: with `beta != 0` and no LoRA, trl's reference model is a copy of the starting weights
+  ([`_starting_weights_as_reference`]), not the folder the model's config names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -179,25 +186,37 @@ def seeded_sampler_class():
         are `0` at that token and `-inf` elsewhere, so greedy decoding emits it.
 
         A row's tokens therefore depend only on its own logits and its generator, not on the other rows of the batch
-        (which studies, how many, their prompt lengths). Each row consumes exactly one uniform draw per decoding step,
-        finished rows included (their token is replaced by padding), so a row's stream of draws is the same whatever
-        the batch. The draw `u ~ U[0, 1)` (float64) picks the first token whose cumulative probability exceeds
-        `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`). The forward of a row in a
-        batch can differ from its forward alone by ~1e-6 in the logits (other kernels / padding); a token then changes
-        only if `u` falls within that distance of a boundary of the cumulative distribution, so batched and one-study
-        sampling give the same tokens but for such rare near-ties (the test compares token ids).
+        (which studies, how many, their prompt lengths). Decoding step `t` (0 for the first new token) of a row uses
+        the row's `t`-th uniform `u ~ U[0, 1)` (float64), finished rows included (their token is replaced by padding).
+        Each row draws its uniforms from its generator in blocks of `block` values, one `torch.rand(block)` per row,
+        the first when generation starts and another only if the steps outrun it; `block` is `max_new_tokens` (so one
+        call per row per `generate`) or [`BLOCK`] without it. The blocks depend on the generation settings only, so a
+        row's sequence of uniforms is the same whatever the batch. `u` picks the first token whose cumulative
+        probability exceeds `u * total` (inverse-CDF sampling, the same distribution as `torch.multinomial`; `u *
+        total` is kept below `total`, so a token of zero probability is never picked). The
+        forward of a row in a batch can differ from its forward alone by ~1e-6 in the logits (other kernels /
+        padding); a token then changes only if `u` falls within that distance of a boundary of the cumulative
+        distribution, so batched and one-study sampling give the same tokens but for such rare near-ties (the test
+        compares token ids).
 
         It runs after `generate`'s own processors (custom processors are appended to them), so repetition penalty,
-        `min_new_tokens`, `suppress_tokens` etc. act on the scores it samples from, as in `do_sample=True`.
+        `min_new_tokens`, `suppress_tokens` etc. act on the scores it samples from, as in `do_sample=True`. One
+        instance serves one `generate` call (it counts the steps from the input length of its first call).
 
         Args:
             generators (`list[torch.Generator]`): One per batch row, on the scores' device.
             temperature (`float`, *optional*), top_k (`int`, *optional*), top_p (`float`, *optional*),
             min_p (`float`, *optional*): As in `GenerationConfig`.
+            block (`int`, *optional*): Uniforms drawn per row at a time (defaults to [`BLOCK`]).
         """
 
-        def __init__(self, generators, temperature=None, top_k=None, top_p=None, min_p=None):
+        BLOCK = 256  # uniforms per row and draw when max_new_tokens is not set
+
+        def __init__(self, generators, temperature=None, top_k=None, top_p=None, min_p=None, block=None):
             self.generators = list(generators)
+            self.block = int(block or self.BLOCK)
+            self.uniforms = None  # (rows, drawn so far), float64, on the scores' device
+            self.prompt_length = None  # input length at the first step
             self.warpers = LogitsProcessorList()
             if temperature is not None and temperature != 1.0:
                 self.warpers.append(TemperatureLogitsWarper(temperature))
@@ -220,7 +239,15 @@ def seeded_sampler_class():
                                  f"{unsupported or {'num_beams': config.num_beams}}); remove them from "
                                  "generation_kwargs or set seeded_generation: false.")
             return cls(generators, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                       min_p=config.min_p)
+                       min_p=config.min_p, block=config.max_new_tokens)
+
+        def _uniforms(self, step, device):
+            """Every row's uniform of decoding step `step`, drawing the rows' next blocks when needed."""
+            while self.uniforms is None or step >= self.uniforms.size(1):
+                block = torch.stack([torch.rand(self.block, generator=g, device=g.device, dtype=torch.float64)
+                                     for g in self.generators]).to(device)
+                self.uniforms = block if self.uniforms is None else torch.cat([self.uniforms, block], dim=1)
+            return self.uniforms[:, step]
 
         def __call__(self, input_ids, scores):
             if scores.size(0) != len(self.generators):
@@ -228,12 +255,14 @@ def seeded_sampler_class():
             scores = self.warpers(input_ids, scores)
             probs = torch.softmax(scores.double(), dim=-1)
             cdf = probs.cumsum(dim=-1)
-            u = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64) for g in self.generators])
-            tokens = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True)
-            tokens = tokens.clamp_max(scores.size(-1) - 1)
-            # u * total rounding up to total would pick the last token: take the last token of nonzero probability
-            last = scores.size(-1) - 1 - (probs > 0).flip(-1).int().argmax(dim=-1, keepdim=True)
-            tokens = torch.minimum(tokens, last)
+            if self.prompt_length is None:
+                self.prompt_length = input_ids.size(1)
+            u = self._uniforms(input_ids.size(1) - self.prompt_length, cdf.device)
+            total = cdf[:, -1]
+            # below total even when u * total rounds up to it: the first cdf entry above is then a token of nonzero
+            # probability (the cdf steps up there), never one of the zero-probability tail
+            target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
+            tokens = torch.searchsorted(cdf, target.unsqueeze(-1), right=True)
             forced = torch.full_like(scores, float("-inf"))
             return forced.scatter_(-1, tokens, 0.0)
 
@@ -268,6 +297,45 @@ def seeded_generate(model, input_ids, attention_mask, generation_config, seeds, 
     greedy.temperature = greedy.top_p = greedy.top_k = greedy.min_p = None
     return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=greedy,
                           logits_processor=LogitsProcessorList([sampler]), **model_inputs)
+
+
+@contextlib.contextmanager
+def _starting_weights_as_reference(model, args, peft_config):
+    """During trl's `GRPOTrainer.__init__`: make the KL reference of a full fine-tuning run the weights it starts from.
+
+    With `beta != 0` and no PEFT, trl builds its reference model with `create_model_from_path(model.config.
+    _name_or_path)`. For rrg that folder is not the starting point: a stage-2 adapter is merged into the weights stage
+    3 starts from, and the merged model's config still names stage 1's folder (the adapter's base), so trl would score
+    the KL against stage 1. This context makes that one call return a copy of `model` (in eval mode, as
+    `from_pretrained` returns it); trl then prepares it as its own (dropout off, fused LM head, DeepSpeed / FSDP /
+    DDP). The copy takes the memory trl's own reference would. Yields the list of model ids trl asked for (one when the reference was built, empty otherwise), or `None`
+    when no reference is needed (`beta == 0`, or PEFT: the reference is the adapter-disabled model).
+    """
+    from accelerate.utils import is_peft_model
+    from trl.trainer import grpo_trainer
+
+    if args is None or args.beta == 0.0 or peft_config is not None or is_peft_model(model):
+        yield None
+        return
+    if not hasattr(grpo_trainer, "create_model_from_path"):
+        raise RuntimeError("trl's GRPOTrainer no longer builds its reference model with create_model_from_path; rrg "
+                           "needs it to make the reference the starting weights (beta != 0, use_peft: false). Install "
+                           "the trl of requirements/lock.txt, use a LoRA (use_peft: true) or set beta: 0.")
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    asked = []
+
+    def starting_weights(model_id, *args, **kwargs):
+        asked.append(model_id)
+        return reference
+
+    original = grpo_trainer.create_model_from_path
+    grpo_trainer.create_model_from_path = starting_weights
+    try:
+        yield asked
+    finally:
+        grpo_trainer.create_model_from_path = original
 
 
 def _grpo_trainer_class():
@@ -311,7 +379,14 @@ def _grpo_trainer_class():
             self.rrg_seeded_generation = seeded_generation
             self._rrg_generation = None  # prompt ids, visual inputs and study ids of the batch being generated
             self._rrg_visual = None  # visual inputs of the rows being scored
-            super().__init__(*args, **kwargs)
+            given = inspect.signature(GRPOTrainer.__init__).bind_partial(self, *args, **kwargs).arguments
+            with _starting_weights_as_reference(given.get("model"), given.get("args"),
+                                                given.get("peft_config")) as asked:
+                super().__init__(*args, **kwargs)
+            if asked is not None and (len(asked) != 1 or self.ref_model is None):
+                raise RuntimeError(f"trl built its reference model {len(asked)} times through create_model_from_path "
+                                   "(expected once): the KL reference may not be the starting weights. Install the "
+                                   "trl of requirements/lock.txt, use a LoRA (use_peft: true) or set beta: 0.")
 
         def _generate_and_score_completions(self, inputs):
             batch = self.rrg_collator.prompt_batch(inputs)
