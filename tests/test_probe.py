@@ -130,6 +130,7 @@ def test_logistic_fit_is_the_penalised_optimum():
     y = np.stack([(x @ rng.normal(size=5) + rng.normal(size=120)) > 0 for _ in range(2)], axis=1).astype(float)
     l2 = np.array([0.01, 0.3])
     weights, bias = fit_logistic(x, y, l2, tolerance=1e-10)
+    fast_weights, fast_bias = fit_logistic(x, y, l2, tolerance=1e-10, products="float32")
     for k in range(2):
         def objective(theta, k=k):
             z = x @ theta[:5] + theta[5]
@@ -138,6 +139,9 @@ def test_logistic_fit_is_the_penalised_optimum():
         reference = minimize(objective, np.zeros(6), method="BFGS", options={"gtol": 1e-10}).x
         np.testing.assert_allclose(weights[:, k], reference[:5], atol=1e-5)
         assert bias[k] == pytest.approx(reference[5], abs=1e-5)
+        # What rrg probe fits with: the products with x in float32, the optimum to float32's accuracy.
+        np.testing.assert_allclose(fast_weights[:, k], reference[:5], atol=1e-3)
+        assert fast_bias[k] == pytest.approx(reference[5], abs=1e-3)
 
 
 # ------------------------------------------------------------------------------------ blind vs seeing encoders
