@@ -156,8 +156,9 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
 
     # Vascular markings: stronger near the hila, fading to the periphery.
     hilum_dist = np.minimum(np.hypot(x + 0.2, y + 0.02), np.hypot(x - 0.22, y))
-    vessel = np.clip(0.55 - hilum_dist, 0.0, None) * 1.1 + 0.1 * (markings > 0.3)
-    marking_strength = np.clip(vessel * (0.7 + 0.6 * markings), 0.0, 0.6)
+    # Fainter and less blotchy than they could be: at 64 px a bright knot of markings would read as a nodule.
+    vessel = np.clip(0.55 - hilum_dist, 0.0, None) * 1.1 + 0.05 * (markings > 0.3)
+    marking_strength = np.clip(vessel * (0.6 + 0.3 * markings), 0.0, 0.4)
     ptx_extra = np.zeros_like(x)
     for f in findings:
         if f["name"] == "pneumothorax":
@@ -196,16 +197,20 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
             if fracture is not None and fracture["side"] == side and fracture["rib"] - _FIRST_RIB == i:
                 # Displaced fragment with a visible gap; a healed fracture shows callus instead.
                 # Drawn denser than a rib (ribs are faint) so that it shows at the demo's 64 px.
-                af = 0.58
+                # At the lateral chest wall, where the rib leaves the lung field (a nodule sits inside it): drawn
+                # denser than a rib (ribs are faint) and along the rib (a nodule is round), so it shows at 64 px.
+                af = 0.78
                 y_site = y0 - 0.04 + 0.55 * (af - 0.2) ** 2
+                slope = sign * np.arctan(1.1 * (af - 0.2))  # the rib's direction on the image at the site
                 if fracture["age"] == "acute":
-                    yc = yc + 0.08 * _sig((a - af) / cv.edge)
-                    extent = extent * (1.0 - _sig((0.035 - np.abs(a - af)) / cv.edge))
-                    # The two fragment ends, sclerotic and offset.
-                    fracture_att = 0.6 * (cv.ellipse(sign * (af - 0.05), y_site, 0.045, 0.03)
-                                          + cv.ellipse(sign * (af + 0.06), y_site + 0.08, 0.045, 0.03))
+                    # A gap, the lateral fragment stepped down, its two ends sclerotic.
+                    yc = yc + 0.1 * _sig((a - af) / cv.edge)
+                    extent = extent * (1.0 - _sig((0.04 - np.abs(a - af)) / cv.edge))
+                    fracture_att = 1.0 * (cv.ellipse(sign * (af - 0.09), y_site - 0.05, 0.09, 0.04, angle=slope)
+                                          + cv.ellipse(sign * (af + 0.08), y_site + 0.15, 0.09, 0.04, angle=slope))
                 else:
-                    fracture_att = 0.6 * cv.ellipse(sign * af, y_site, 0.07, 0.05)
+                    # A fusiform callus along the rib.
+                    fracture_att = 1.0 * cv.ellipse(sign * af, y_site, 0.14, 0.065, angle=slope)
             band = _sig((0.02 - np.abs(y - yc)) / cv.edge)
             ribs += band * extent
     att += 0.09 * np.clip(ribs, 0.0, 1.5) * body + fracture_att
@@ -228,16 +233,18 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
         elif name == "consolidation":
             cx, cy = _zone_centre(anatomy, f["side"], f["zone"])
             # Consolidation is dense and homogeneous, an opacity hazy and patchy; pneumonia is lobar (wider).
-            lobar = f.get("pneumonia") == "positive"
+            lobar, dense = f.get("pneumonia") == "positive", f["kind"] == "consolidation"
             blob = np.zeros_like(x)
+            # Airspace disease spreads along the lung towards the chest wall: wider than tall (a mass is round).
+            wall = 0.08 * (-1.0 if f["side"] == "right" else 1.0)
             for _ in range(6 if lobar else 4):
-                bx, by = cx + frng.normal(0, 0.1 if lobar else 0.05), cy + frng.normal(0, 0.09 if lobar else 0.04)
-                s = frng.uniform(0.09, 0.12) if lobar else frng.uniform(0.06, 0.09)
-                blob += np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * s * s))
-            if f["kind"] == "consolidation":
-                blob, amp = np.clip(blob, 0.0, 1.0) * (0.9 + 0.1 * patchy), 0.75
+                bx, by = cx + wall + frng.normal(0, 0.1 if lobar else 0.06), cy + frng.normal(0, 0.1 if lobar else 0.04)
+                s = frng.uniform(0.11, 0.14) if lobar else frng.uniform(0.05, 0.07) * (1.0 if dense else 1.3)
+                blob += np.exp(-(((x - bx) / 1.8) ** 2 + (y - by) ** 2) / (2 * s * s))
+            if dense:
+                blob, amp = np.clip(1.2 * blob, 0.0, 1.0) * (0.9 + 0.1 * patchy), 1.0
             else:
-                blob, amp = np.clip(blob, 0.0, 1.0) * np.clip(0.55 + 0.6 * patchy, 0.0, 1.0), 0.4
+                blob, amp = np.clip(blob, 0.0, 1.0) * np.clip(0.6 + 0.6 * patchy, 0.0, 1.0), 0.5
             att += amp * blob * lungs[f["side"]]
         elif name == "edema":
             amp = {"mild": 0.22, "moderate": 0.32, "severe": 0.44}[f["severity"]]
@@ -247,16 +254,17 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
             sides = _SIDES if f["side"] == "bilateral" else (f["side"],)
             for side in sides:
                 lx, ly, lw, lh, dia = _lung_geometry(anatomy, side)
-                by = dia - 0.17 + frng.uniform(-0.02, 0.02)
-                # Atelectasis proper is a thick plate-like band; the hedged "linear opacity" a thin line.
+                # Atelectasis proper is a thick plate-like band at the base; the hedged "linear opacity" a thin line
+                # in the mid lung (not where an effusion's meniscus or a thick band would hide it at 64 px).
                 thick = f.get("certainty", "positive") == "positive"
+                by = (dia - 0.17 if thick else ly + 0.12) + frng.uniform(-0.02, 0.02)
                 band = cv.ellipse(lx + frng.uniform(-0.05, 0.05), by, lw * (0.6 if thick else 0.75),
-                                  0.055 if thick else 0.024, angle=frng.uniform(-0.2, 0.2))
-                att += (0.65 if thick else 0.5) * band * lungs[side]
+                                  0.08 if thick else 0.05, angle=frng.uniform(-0.2, 0.2))
+                att += 0.8 * band * lungs[side]
         elif name == "nodule":
             cx, cy = _zone_centre(anatomy, f["side"], f["zone"])
-            r = 0.022 * f["size_cm"] + 0.03
-            att += 0.6 * cv.ellipse(cx + frng.uniform(-0.05, 0.05), cy + frng.uniform(-0.03, 0.03), r, r * 0.9) * lungs[f["side"]]
+            r = 0.03 * f["size_cm"] + 0.065 if f["kind"] == "nodule" else 0.02 * f["size_cm"] + 0.09
+            att += 1.0 * cv.ellipse(cx + frng.uniform(-0.05, 0.05), cy + frng.uniform(-0.03, 0.03), r, r * 0.9) * lungs[f["side"]]
         elif name == "support_device":
             att += _render_devices(cv, f, anatomy)
     att = np.clip(att, 0.0, None)
