@@ -129,7 +129,9 @@ def pretrain_language_model(texts: list[str], tokenizer, config, output_dir, ste
 
 
 class _ViTClassifier(nn.Module):
-    """Study-level heads on the mean patch token and on CLS, and a per-patch head (the dense targets)."""
+    """Study-level heads on the mean patch token and on CLS, and a per-patch head (the dense targets), all on the
+    encoder's last layer as rrg reads it (`hidden_states[-1]`, `vision_feature_layer: -1`: before the final layer
+    norm), so the targets are linear in exactly the tokens the projector later receives."""
 
     def __init__(self, vit, num_labels, prior=None):
         super().__init__()
@@ -141,7 +143,7 @@ class _ViTClassifier(nn.Module):
                 head.bias.data.copy_(torch.logit(prior.clamp(1e-3, 1 - 1e-3)))
 
     def forward(self, pixel_values):
-        hidden = self.vit(pixel_values=pixel_values).last_hidden_state
+        hidden = self.vit(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]
         patches = hidden[:, 1:]
         return self.head(patches.mean(dim=1)), self.cls_head(hidden[:, 0]), self.patch_head(patches)
 
