@@ -24,9 +24,6 @@ from PIL import Image
 
 from helpers import xray
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 MAX_NEW_TOKENS = 12
 MAX_UPLOAD_MB = 1.0
 TIMEOUT = 90
@@ -114,24 +111,12 @@ def served(exported, tmp_path_factory):
 
 
 def _browser(user_data_dir: Path):
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail(f"The browser tests need Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); "
-                    f"install them with: {INSTALL}")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("The browser tests need selenium: pip install -e '.[dev]'")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1400", f"--user-data-dir={user_data_dir}",
-                 # Only the local server resolves: the page cannot reach anything else.
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    # Selenium Manager must not look for (or download) a driver: the service names Debian's.
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    from training.serve import browser
+
+    missing = browser.missing_browser()
+    if missing:
+        pytest.fail(f"The browser tests need a browser: {missing}")
+    return browser.headless_chromium(user_data_dir)
 
 
 @pytest.fixture()
@@ -526,8 +511,8 @@ def test_make_demo_prints_the_serve_command(monkeypatch, capsys, tmp_path):
 
 
 def test_missing_browser_fails_with_the_install_command(monkeypatch, tmp_path):
-    import test_serve
+    from training.serve import browser
 
-    monkeypatch.setattr(test_serve, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setattr(browser, "CHROMIUM", str(tmp_path / "no-chromium"))
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium chromium-driver"):
-        test_serve._browser(tmp_path)
+        _browser(tmp_path)
