@@ -14,6 +14,7 @@ from training.analysis.probe import (
     auroc,
     best_f1_threshold,
     fit_logistic,
+    fit_probe,
     run_probe,
     study_features,
 )
@@ -142,6 +143,33 @@ def test_logistic_fit_is_the_penalised_optimum():
         # What rrg probe fits with: the products with x in float32, the optimum to float32's accuracy.
         np.testing.assert_allclose(fast_weights[:, k], reference[:5], atol=1e-3)
         assert fast_bias[k] == pytest.approx(reference[5], abs=1e-3)
+
+
+def test_probe_cross_validation_in_worker_processes_equals_one_process():
+    """The (penalty x fold) fits run in worker processes: the same out-of-fold choice as a loop written here."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 6))
+    y = np.stack([(x @ rng.normal(size=6) + rng.normal(size=90)) > 0.8 for _ in range(3)], axis=1).astype(float)
+    grid, folds = (1e-3, 1e-1, 3.0), 3
+    serial = fit_probe(x, y, l2_grid=grid, folds=folds, seed=5, num_workers=1)
+    parallel = fit_probe(x, y, l2_grid=grid, folds=folds, seed=5, num_workers=2)
+    for key in ("l2", "threshold", "cv_f1", "weights", "bias"):
+        np.testing.assert_array_equal(serial[key], parallel[key], err_msg=key)
+    # the reference: out-of-fold probabilities per penalty, the lowest log-loss per column, its F1-best threshold
+    z = (x - x.mean(0)) / x.std(0)
+    fold = np.random.default_rng(5).permutation(len(x)) % folds
+    scores = np.zeros((len(grid),) + y.shape)
+    for g, l2 in enumerate(grid):
+        for f in range(folds):
+            w, b = fit_logistic(z[fold != f], y[fold != f], l2, products="float32")
+            scores[g][fold == f] = 1 / (1 + np.exp(-(z[fold == f] @ w + b)))
+    loss = -(y * np.log(scores + 1e-12) + (1 - y) * np.log(1 - scores + 1e-12)).mean(1)
+    chosen = loss.argmin(0)
+    np.testing.assert_array_equal(parallel["l2"], np.asarray(grid)[chosen])
+    for k in range(3):
+        threshold, f1 = best_f1_threshold(scores[chosen[k], :, k], y[:, k] > 0.5)
+        assert parallel["threshold"][k] == pytest.approx(threshold, abs=1e-6)
+        assert parallel["cv_f1"][k] == pytest.approx(f1, abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------ blind vs seeing encoders
