@@ -1,10 +1,10 @@
 """Takes the README's screenshot of `rrg serve` (docs/serve.png) on a trained model, e.g. the demo's export.
 
-    python docs/screenshot_serve.py outputs/demo/export --output docs/serve.png
+    python docs/screenshot_serve.py outputs/demo/export --views outputs/demo/data/images/test/test_000017/0.png
 
 Starts `rrg serve MODEL` on a free local port, opens the page in Debian's headless Chromium (the system binary and
-its chromedriver, as tests/test_serve.py drives it; nothing is downloaded), clicks the first shipped example study,
-generates its report and saves the page once the findings chips and the attention map are drawn.
+its chromedriver, as tests/test_serve.py drives it; nothing is downloaded), clicks the first shipped example study (or
+uploads `--views`), generates its report and saves the page once the findings chips and the attention map are drawn.
 """
 
 import argparse
@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     parser.add_argument("model", help="An exported model folder (or Hub id in the offline cache).")
     parser.add_argument("--output", default=str(ROOT / "docs" / "serve.png"))
     parser.add_argument("--example", type=int, default=0, help="Which shipped example study to click.")
+    parser.add_argument("--views", nargs="+", help="Upload these image files instead of clicking an example (the "
+                        "examples have a lateral view and an indication; the demo model was trained on frontal views "
+                        "without one, e.g. outputs/demo/data/images/test/test_000017/0.png).")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from training.serve.browser import headless_chromium, missing_browser
@@ -61,19 +64,34 @@ def main(argv=None) -> int:
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait(lambda: urllib.request.urlopen(url, timeout=2).status == 200, "rrg serve to answer")
-        driver = headless_chromium(tempfile.mkdtemp(), window_size="1280,1500")
+        driver = headless_chromium(tempfile.mkdtemp(), window_size="1280,1900")
         driver.get(url)
         _wait(lambda: driver.find_elements("css selector", "#rrg-generate"), "the page")
-        examples = _wait(lambda: driver.find_elements("xpath", "//button[contains(., 'Synthetic study')]"),
-                         "the example studies")
-        examples[args.example].click()
-        _wait(lambda: driver.find_element("id", "rrg-files").text.strip(), "the example's views")
+        if args.views:
+            field = driver.find_element("css selector", "#rrg-files input[type=file]")
+            field.send_keys("\n".join(str(Path(p).resolve()) for p in args.views))
+            _wait(lambda: all(Path(p).name in driver.find_element("id", "rrg-files").text.replace("\n", "")
+                              for p in args.views), "the upload")
+        else:
+            examples = _wait(lambda: driver.find_elements("xpath", "//button[contains(., 'Synthetic study')]"),
+                             "the example studies")
+            examples[args.example].click()
+            _wait(lambda: ".png" in driver.find_element("id", "rrg-files").text, "the example's views")
+        time.sleep(3.0)  # the page's state gets the files after they are shown
         driver.find_element("id", "rrg-generate").click()
-        _wait(lambda: driver.find_element("id", "rrg-status").text.strip().startswith("Done"), "the report")
-        _wait(lambda: driver.find_elements("css selector", "#rrg-heatmap img"), "the attention map")
-        time.sleep(1.0)  # the last paint
+        status = _wait(lambda: (lambda text: text if text.startswith(("Done", "Report written,", "Generation failed"))
+                                else None)(driver.find_element("id", "rrg-status").text.strip()), "the report")
+        if not status.startswith(("Done", "Report written,")):
+            raise SystemExit(f"The page says: {status}")
+        _wait(lambda: driver.execute_script("const i = document.querySelector('#rrg-heatmap img');"
+                                            "return i && i.complete && i.naturalWidth > 0;"), "the attention map")
+        time.sleep(3.0)  # the last paint (the map is a large image)
         driver.save_screenshot(args.output)
         sys.stdout.write(f"Wrote {args.output}\n")
+    except SystemExit:
+        if driver is not None:  # what the page showed, next to the output
+            driver.save_screenshot(str(Path(args.output).with_suffix(".failed.png")))
+        raise
     finally:
         if driver is not None:
             driver.quit()
