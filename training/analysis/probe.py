@@ -266,12 +266,15 @@ def _cv_worker_init(x: np.ndarray, y: np.ndarray) -> None:
     _CV.update(x=x, y=y)
 
 
-def _cv_fit(job: tuple[float, np.ndarray]) -> np.ndarray:
-    """Out-of-fold scores of one (penalty, held-out mask) fit on the worker's data."""
-    l2, held = job
-    x, y = _CV["x"], _CV["y"]
+def _held_out_scores(x: np.ndarray, y: np.ndarray, l2: float, held: np.ndarray) -> np.ndarray:
+    """Scores of the `held` studies by a probe fitted with penalty `l2` on the others."""
     weights, bias = fit_logistic(x[~held], y[~held], float(l2), products="float32")
     return _predict(x[held], weights, bias)
+
+
+def _cv_fit(job: tuple[float, np.ndarray]) -> np.ndarray:
+    """A worker's [`_held_out_scores`] of one (penalty, held-out mask) on its data."""
+    return _held_out_scores(_CV["x"], _CV["y"], *job)
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float] = DEFAULT_L2_GRID, folds: int = 3,
@@ -308,18 +311,15 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
     y = np.asarray(train_y, dtype=np.float64)
     fold = np.random.default_rng(seed).permutation(n) % folds
     out_of_fold = np.zeros((len(l2_grid),) + tuple(y.shape))
-    jobs = [(g, f) for g in range(len(l2_grid)) for f in range(folds)]
+    cells = [(g, f) for g in range(len(l2_grid)) for f in range(folds)]
+    jobs = [(l2_grid[g], fold == f) for g, f in cells]
     workers = min(len(jobs), max(1, num_workers or os.cpu_count() or 1))
     with tqdm(total=len(jobs), desc="Cross-validating the probe", unit="fit") as bar:
+        results = []
         if workers == 1:
-            _cv_worker_init(x, y)
-            try:
-                results = []
-                for g, f in jobs:
-                    results.append(_cv_fit((l2_grid[g], fold == f)))
-                    bar.update(1)
-            finally:
-                _CV.clear()
+            for l2, held in jobs:
+                results.append(_held_out_scores(x, y, l2, held))
+                bar.update(1)
         else:
             # spawn, not fork: the parent has torch's thread pools running, which a forked child must not inherit
             import multiprocessing
@@ -333,8 +333,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
             try:
                 with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_cv_worker_init, initargs=(x, y)) as pool:
-                    results = []
-                    for result in pool.map(_cv_fit, [(l2_grid[g], fold == f) for g, f in jobs]):
+                    for result in pool.map(_cv_fit, jobs):
                         results.append(result)
                         bar.update(1)
             finally:
@@ -343,8 +342,8 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
                         os.environ.pop(name, None)
                     else:
                         os.environ[name] = value
-    for (g, f), scores in zip(jobs, results, strict=True):
-        out_of_fold[g][fold == f] = scores
+    for (g, _), (_, held), scores in zip(cells, jobs, results, strict=True):
+        out_of_fold[g][held] = scores
     eps = 1e-12
     labels = y
     log_loss = -(labels * np.log(out_of_fold + eps) + (1 - labels) * np.log(1 - out_of_fold + eps)).mean(1)  # (g, k)
