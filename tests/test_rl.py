@@ -89,6 +89,22 @@ def test_length_reward_and_composition():
         build_rewards(["radgraph"], {"radgraph": {"radgraph_model": None}})
 
 
+def test_null_reward_is_a_hash_of_the_completion_blind_to_the_reference():
+    import hashlib
+
+    from training.rl.grpo import RRGRewardArguments, reward_settings
+    from training.rl.rewards import build_rewards
+
+    (null,) = build_rewards(["null"], reward_settings(RRGRewardArguments(reward_funcs=["null"]), [2]))
+    texts = ["Small left pleural effusion.", "No acute cardiopulmonary process.", "Small left pleural effusion."]
+    out = null(completions=texts, report=["No acute process."] * 3)
+    expected = [int(hashlib.sha256(t.encode()).hexdigest()[:16], 16) / 2**64 for t in texts]
+    assert out == expected and out[0] == out[2] != out[1]
+    assert null(completions=texts, report=texts) == out  # the reference changes nothing
+    many = null(completions=[f"report {i}" for i in range(2000)], report=["x"] * 2000)
+    assert all(0.0 <= v < 1.0 for v in many) and abs(sum(many) / len(many) - 0.5) < 0.03
+
+
 # The words that say "pleural effusion" (and on which side and how large); FINDING: their tokens in the model's
 # tokenizer, set by the learning test.
 FINDING = {"tokens": set()}

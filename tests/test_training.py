@@ -90,6 +90,21 @@ def test_stage2_lora_from_stage1_trains_adapters_and_projector_only(workspace, s
             assert torch.equal(merged_weights[key], value), key
 
 
+def test_stage2_lora_with_train_projector_false_keeps_the_projector(workspace, stage1, tmp_path):
+    from training.model_io import load_trained
+
+    final = run(recipe(workspace, tmp_path / "frozen_projector", stage=2, model_name_or_path=str(stage1),
+                       use_peft=True, lora_r=4, lora_alpha=8, max_steps=2, train_projector=False))
+    adapter = load_file(str(final / "adapter_model.safetensors"))
+    assert not any("multi_modal_projector" in k for k in adapter), "a frozen projector must not be saved"
+    assert all(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k), "the LoRA did not train"
+    merged, _ = load_trained(final)
+    for name, value in merged.model.multi_modal_projector.state_dict().items():
+        assert torch.equal(value, weights(stage1 / "model")[f"model.multi_modal_projector.{name}"]), name
+    with pytest.raises(ValueError, match="train_projector false leaves nothing to train"):
+        run(recipe(workspace, tmp_path / "s1_frozen", stage=1, max_steps=1, train_projector=False))
+
+
 def test_stage2_full_finetune_trains_llm_not_encoder(workspace, stage1, tmp_path):
     final = run(recipe(workspace, tmp_path / "full", stage=2, model_name_or_path=str(stage1), use_peft=False,
                        learning_rate=0.01))

@@ -68,6 +68,7 @@ RECIPE_KEYS = (
     ("num_visual_tokens", "Visual tokens per view"),
     ("max_views", "Views per study"),
     ("train_vision_tower", "Vision encoder trained"),
+    ("train_projector", "Projector trained"),
     ("report_section", "Report section"),
 )
 

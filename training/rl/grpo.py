@@ -68,8 +68,9 @@ class RRGRewardArguments:
 
     reward_funcs: list[str] = field(
         default_factory=lambda: ["clinical_f1", "bleu", "length"],
-        metadata={"help": "Rewards by name (clinical_f1, bleu, rouge_l, length, radgraph) or 'package.module:function' "
-                          "with trl's signature fn(prompts, completions, **kwargs) -> list[float]."},
+        metadata={"help": "Rewards by name (clinical_f1, bleu, rouge_l, length, radgraph; null: a no-signal control) "
+                          "or 'package.module:function' with trl's signature fn(prompts, completions, **kwargs) -> "
+                          "list[float]."},
     )
     reward_labeler: str = field(default="rule", metadata={"help": "clinical_f1's labeler: rule | chexbert"})
     reward_chexbert_checkpoint: str | None = field(default=None, metadata={"help": "chexbert.pth (labeler chexbert)."})

@@ -23,12 +23,15 @@ pool their counts with `ce_counts`'s positive ones.
 - `length`: `min(words) / max(words)` of completion and reference, 0 for an empty completion or one that ran into
   `max_completion_length` without ending (no EOS): keeps the text honest in length and format.
 - `radgraph`: RadGraph-F1 (`partial`, RG_ER) with a local RadGraph model folder (`radgraph_model`).
+- `null`: a control carrying no information (a hash of the completion's text in [0, 1)): what stage 3's updates do
+  without a signal; a real reward should beat it.
 - any `module:function` (or `module.function`) with trl's signature, e.g. `radeval:make_reward_fn` products wrapped
   in a module of yours.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -45,6 +48,7 @@ __all__ = [
     "RougeLReward",
     "LengthReward",
     "RadGraphReward",
+    "NullReward",
     "build_reward",
     "build_rewards",
 ]
@@ -279,8 +283,21 @@ class RadGraphReward(_Reward):
                                 radgraph_encoder=self.radgraph_encoder)
 
 
+class NullReward(_Reward):
+    """A control, not a goal: a number that carries nothing about the image or the reference — the SHA-256 of the
+    completion's text read as a fraction in [0, 1), the same for the same text in every run. Stage 3 with it samples,
+    normalises advantages and updates the weights exactly as with a real reward, so its model shows what the updates
+    alone do (drift); a reward worth its name beats it on the test split (`rrg compare`)."""
+
+    name = "null"
+
+    def score(self, predictions, references, **kwargs) -> np.ndarray:
+        return np.array([int.from_bytes(hashlib.sha256(p.encode("utf-8")).digest()[:8], "big") / 2.0**64
+                         for p in predictions])
+
+
 REWARDS: dict[str, type[_Reward]] = {
-    cls.name: cls for cls in (ClinicalF1Reward, BleuReward, RougeLReward, LengthReward, RadGraphReward)
+    cls.name: cls for cls in (ClinicalF1Reward, BleuReward, RougeLReward, LengthReward, RadGraphReward, NullReward)
 }
 
 

@@ -221,8 +221,10 @@ def configure_trainable(model, args, use_peft: bool) -> None:
         raise ValueError(f"stage must be 1, 2 or 3 (reinforcement learning, training/rl), got {args.stage}.")
     if args.stage == 1 and use_peft:
         raise ValueError("Stage 1 trains only the projector; set use_peft false (LoRA belongs to stage 2).")
+    if args.stage == 1 and not args.train_projector:
+        raise ValueError("Stage 1 trains only the projector; train_projector false leaves nothing to train.")
     model.requires_grad_(False)
-    model.model.multi_modal_projector.requires_grad_(True)
+    model.model.multi_modal_projector.requires_grad_(args.train_projector)
     if args.train_vision_tower:
         model.model.vision_tower.requires_grad_(True)
     if args.stage >= 2 and not use_peft:  # stage 3 trains what stage 2 trains
@@ -250,7 +252,8 @@ def lora_config(model, args, model_args):
     config.target_modules = lora_target_regex(
         model.config.text_config.model_type, args.lora_mlp, names=model_args.lora_target_modules
     )
-    own = ["multi_modal_projector"] + (["vision_tower"] if args.train_vision_tower else [])
+    own = (["multi_modal_projector"] if args.train_projector else []) + (
+        ["vision_tower"] if args.train_vision_tower else [])
     config.modules_to_save = own + [m for m in (model_args.lora_modules_to_save or []) if m not in own]
     targets = getattr(config, "target_parameters", None)
     if targets:

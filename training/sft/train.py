@@ -90,6 +90,11 @@ class RRGScriptArguments:
     )
     lora_mlp: bool = field(default=False, metadata={"help": "Stage 2 LoRA also on the MLP projections."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Unfreeze the vision encoder."})
+    train_projector: bool = field(
+        default=True,
+        metadata={"help": "Stages 2-3: train the projector with the LLM (the paper's stage 2); false keeps the "
+                          "starting model's projector frozen (refused in stage 1, which trains only the projector)."},
+    )
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Cache frozen-encoder features here (reused across epochs and stages)."}
     )
