@@ -79,8 +79,11 @@ def main(argv=None) -> int:
             _wait(lambda: ".png" in driver.find_element("id", "rrg-files").text, "the example's views")
         time.sleep(3.0)  # the page's state gets the files after they are shown
         driver.find_element("id", "rrg-generate").click()
-        status = _wait(lambda: (lambda text: text if text.startswith(("Done", "Report written,", "Generation failed"))
-                                else None)(driver.find_element("id", "rrg-status").text.strip()), "the report")
+        def finished():
+            text = driver.find_element("id", "rrg-status").text.strip()
+            return text if text.startswith(("Done", "Report written,", "Generation failed")) else None
+
+        status = _wait(finished, "the report")
         if not status.startswith(("Done", "Report written,")):
             raise SystemExit(f"The page says: {status}")
         _wait(lambda: driver.execute_script("const i = document.querySelector('#rrg-heatmap img');"

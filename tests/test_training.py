@@ -99,8 +99,9 @@ def test_stage2_lora_with_train_projector_false_keeps_the_projector(workspace, s
     assert not any("multi_modal_projector" in k for k in adapter), "a frozen projector must not be saved"
     assert all(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k), "the LoRA did not train"
     merged, _ = load_trained(final)
+    stage1_weights = weights(stage1 / "model")
     for name, value in merged.model.multi_modal_projector.state_dict().items():
-        assert torch.equal(value, weights(stage1 / "model")[f"model.multi_modal_projector.{name}"]), name
+        assert torch.equal(value, stage1_weights[f"model.multi_modal_projector.{name}"]), name
     with pytest.raises(ValueError, match="train_projector false leaves nothing to train"):
         run(recipe(workspace, tmp_path / "s1_frozen", stage=1, max_steps=1, train_projector=False))
 

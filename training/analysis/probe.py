@@ -311,8 +311,8 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
     y = np.asarray(train_y, dtype=np.float64)
     fold = np.random.default_rng(seed).permutation(n) % folds
     out_of_fold = np.zeros((len(l2_grid),) + tuple(y.shape))
-    cells = [(g, f) for g in range(len(l2_grid)) for f in range(folds)]
-    jobs = [(l2_grid[g], fold == f) for g, f in cells]
+    cells = [(g, fold == f) for g in range(len(l2_grid)) for f in range(folds)]  # (penalty index, held-out mask)
+    jobs = [(l2_grid[g], held) for g, held in cells]
     workers = min(len(jobs), max(1, num_workers or os.cpu_count() or 1))
     with tqdm(total=len(jobs), desc="Cross-validating the probe", unit="fit") as bar:
         results = []
@@ -342,7 +342,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, l2_grid: Sequence[float]
                         os.environ.pop(name, None)
                     else:
                         os.environ[name] = value
-    for (g, _), (_, held), scores in zip(cells, jobs, results, strict=True):
+    for (g, held), scores in zip(cells, results, strict=True):
         out_of_fold[g][held] = scores
     eps = 1e-12
     labels = y

@@ -195,8 +195,9 @@ def _render_frontal(size: int, anatomy: dict[str, float], findings: Sequence[dic
             yc = y0 - 0.04 + 0.55 * (a - 0.2) ** 2
             extent = _sig((a - 0.07) / cv.edge) * _sig((0.86 - 0.1 * (i < 2) - a) / cv.edge)
             if fracture is not None and fracture["side"] == side and fracture["rib"] - _FIRST_RIB == i:
-                # Displaced fragments with a visible gap, or a healed fracture's callus, at the lateral chest wall, where the rib leaves the lung field (a nodule sits inside it): drawn
-                # denser than a rib (ribs are faint) and along the rib (a nodule is round), so it shows at 64 px.
+                # Displaced fragments with a visible gap, or a healed fracture's callus, at the lateral chest wall,
+                # where the rib leaves the lung field (a nodule sits inside it): drawn denser than a rib (ribs are
+                # faint) and along the rib (a nodule is round), so it shows at 64 px.
                 af = 0.78
                 y_site = y0 - 0.04 + 0.55 * (af - 0.2) ** 2
                 slope = sign * np.arctan(1.1 * (af - 0.2))  # the rib's direction on the image at the site
