@@ -40,6 +40,12 @@ def test_demo_writes_the_documented_layout(demo):
     stage2_vs_truth = summary["stage3_vs_stage2_ground_truth"]["ce_rule_f1_micro_14_uncertain_negative"]["a"]
     assert stage2_vs_truth == pytest.approx(summary["probe"]["report"]["f1_micro"], abs=1e-9)
     assert "ground-truth labels" in (out / "summary.md").read_text()
+    # The exported model takes as many views as the demo's studies have (one frontal view), so `rrg serve` offers its
+    # example studies without the lateral view the model never learned to read.
+    views = max(len(r["image_path"]) for r in json.loads((out / "data" / "annotation.json").read_text())["train"])
+    processor_config = json.loads((out / "export" / "processor_config.json").read_text())
+    assert views == 1 and processor_config["max_views"] == views
+    assert json.loads((out / "export" / "config.json").read_text())["max_views"] == views
 
 
 def test_model_reads_the_images(demo):
