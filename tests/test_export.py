@@ -105,6 +105,17 @@ def test_model_card_front_matter_recipe_and_results(adapter_export):
     assert f'model="{REPO_ID}"' in text
 
 
+def test_model_card_says_how_many_views_the_model_takes(tmp_path, tokenizer):
+    from training.release.card import build_card_context, render_model_card
+
+    context = build_card_context(make_full_run(tmp_path / "stage1", tokenizer))
+    two = render_model_card({**context, "max_views": 2}).text
+    one = render_model_card({**context, "max_views": 1, "example_views": ["frontal.png"]}).text
+    assert "one study (up to 2 views, e.g. frontal and lateral)" in " ".join(two.split())
+    assert "one study (one view)" in " ".join(one.split()) and "lateral.png" not in one and "and lateral" not in one
+    assert "lateral.png" in two
+
+
 def test_model_card_without_metrics_says_so(tmp_path, tokenizer):
     from huggingface_hub import ModelCard
 
