@@ -615,7 +615,24 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _exit_launched_rank(code: int) -> None:
+    """End a rank of a multi-process launch after its run: Python's exit handlers (logging, trackers) run and the
+    streams are flushed, then the process exits without the interpreter's teardown. Even with the process group
+    destroyed, a rank sometimes aborted in that teardown ("terminate called without an active exception", SIGABRT,
+    a C++ thread of the communication stack destroyed unjoined) after a finished, saved run, and the launcher then
+    reported the whole run failed (seen once in ZeRO-3's test under a loaded clean-clone CI)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # `python -m training.sft.train` (torchrun / accelerate launch): same as `rrg train`
     from training.cli import main as rrg
 
-    sys.exit(rrg(["train", *sys.argv[1:]]))
+    code = rrg(["train", *sys.argv[1:]])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_launched_rank(code)
+    sys.exit(code)
